@@ -1,0 +1,34 @@
+"""Every hyperparameter of the project, one line each. Edit the values; no logic lives here.
+
+init.py reads vocab_size; train.py reads all of them (and accepts `--<name> VALUE` to override
+any one for a single run); run.py reads only the sampling defaults, because a trained model
+carries its own shape inside its checkpoint.
+"""
+
+# --- tokenizer -------------------------------------------------------------------------------
+vocab_size = 1024          # tokens in the BPE vocabulary: 256 byte tokens + (vocab_size - 256) merges
+
+# --- model shape -----------------------------------------------------------------------------
+block_size = 128           # context length: how many tokens the model sees at once
+emb_len = 256              # width of every token vector (the embedding / residual stream size)
+num_layers = 6             # number of transformer blocks stacked on top of each other
+num_heads = 4              # attention heads per block; emb_len must be divisible by it
+dropout = 0.1              # probability of zeroing activations during training (regularisation)
+
+# --- optimisation ----------------------------------------------------------------------------
+batch_size = 16            # sequences per optimisation step (per process, before accumulation)
+grad_accum_steps = 1       # micro-batches summed into one optimiser step
+learning_rate = 1e-3       # peak AdamW learning rate, reached after warmup
+min_lr = 1e-4              # floor the cosine schedule decays to
+warmup_iters = 200         # steps of linear warmup from 0 to learning_rate
+max_iters = 5000           # total optimisation steps (the cosine schedule ends here)
+weight_decay = 0.1         # AdamW decay, applied to 2-D weight matrices only
+grad_clip = 1.0            # clip the global gradient norm to this (0 disables)
+eval_interval = 250        # steps between validation evaluations (and checkpoints)
+eval_windows = 200         # fixed validation windows scored at each evaluation
+
+# --- generation (run.py) ---------------------------------------------------------------------
+max_new_tokens = 200       # tokens generated per prompt
+temperature = 0.8          # sampling temperature; 0 means greedy (always the likeliest token)
+top_k = 0                  # sample only from the k likeliest tokens (0 = no limit)
+top_p = 0.95               # nucleus sampling: smallest set of tokens with this total probability
