@@ -1,0 +1,96 @@
+"""Time the tokenizer on the corpus: training, encoding, decoding (medians of several runs).
+
+    python bench/bench_tokenizer.py [--input PATH] [--vocab-size 4096] [--repeats 5]
+                                    [--no-reference]
+
+Targets on Train_Data/input.txt at vocab 4096 (2-core machine): training <= 1.0 s,
+encode >= 5 MB/s, decode >= 20 MB/s. Also prints characters per token and, for scale, how long the
+plain reference trainer of the tests (a full recount before every merge) takes for 100 merges.
+Timings on a shared machine are noisy: the load average is printed with them, and each figure
+comes as wall time and as CPU time (the steadier one while other jobs compete for the cores).
+"""
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tokenizer import Tokenizer  # noqa: E402
+
+
+def median_time(fn, repeats: int) -> tuple[float, float, object]:
+    """Median wall time and median CPU time of fn() over repeats runs, and the last result.
+
+    On a machine shared with other jobs the CPU time is the steadier figure: waiting for a core
+    counts in the wall time only.
+    """
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", default=str(REPO / "Train_Data" / "input.txt"))
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the slow reference trainer")
+    args = parser.parse_args()
+
+    text = Path(args.input).read_text(encoding="utf-8")
+    megabytes = len(text.encode("utf-8")) / 1e6
+    print(f"input: {args.input} ({megabytes:.2f} MB), vocab size {args.vocab_size}, "
+          f"median of {args.repeats} runs, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+
+    def train():
+        tok = Tokenizer()
+        tok.train(text, args.vocab_size)
+        return tok
+
+    wall, cpu, tok = median_time(train, args.repeats)
+    print(f"train:  {wall:.3f} s wall, {cpu:.3f} s CPU  (target <= 1.0 s)")
+
+    # encode with a tokenizer read back from disk, as train.py and run.py use it
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save(tmp)
+        tok = Tokenizer.load(tmp)
+    wall, cpu, ids = median_time(lambda: tok.encode(text), args.repeats)
+    print(f"encode: {megabytes / wall:.1f} MB/s wall, {megabytes / cpu:.1f} MB/s CPU "
+          f"({wall:.3f} s, {cpu:.3f} s)  (target >= 5 MB/s)")
+    wall, cpu, decoded = median_time(lambda: tok.decode(ids), args.repeats)
+    print(f"decode: {megabytes / wall:.1f} MB/s wall, {megabytes / cpu:.1f} MB/s CPU "
+          f"({wall:.3f} s, {cpu:.3f} s)  (target >= 20 MB/s)")
+    assert decoded == text, "round trip failed"
+    print(f"chars per token: {len(text) / len(ids):.3f} ({len(ids):,} tokens)")
+
+    # one huge chunk (no spaces): each merge's work must stay linear in the chunk's length
+    rng = random.Random(0)
+    long_word = "".join(rng.choice("abcdefgh") for _ in range(200_000))
+    wall, cpu, _ = median_time(lambda: tok.encode(long_word), 1)
+    print(f"encode of one 200,000-letter chunk: {wall:.2f} s wall, {cpu:.2f} s CPU")
+
+    if not args.no_reference:
+        sys.path.insert(0, str(REPO / "tests"))
+        from test_tokenizer import reference_train  # the plain twin the tests trust
+        wall, cpu, (merges, _) = median_time(
+            lambda: reference_train(text, args.vocab_size, max_merges=100), 1)
+        print(f"reference trainer, first 100 merges: {wall:.1f} s wall, {cpu:.1f} s CPU "
+              f"(one run)")
+        assert merges == tok.merges[:100], "reference trainer disagrees"
+
+
+if __name__ == "__main__":
+    main()
