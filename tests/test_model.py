@@ -1,0 +1,565 @@
+"""Tests of Model.py: the transformer's math, generation, and checkpoint loading. Tiny configs only."""
+import ast
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from Model import (CheckpointError, KVCache, ModelConfig, Transformer, attend, autocast_dtype,
+                   check_tokenizer_fingerprint, configure_optimizer, load_checkpoint,
+                   model_from_checkpoint, pick_device, sample_next)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: a second thread only adds synchronisation, and on a shared, busy
+    machine spinning threads made this file ~7x slower. Restored afterwards for other files."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    fields = dict(vocab_size=64, block_size=32, emb_len=32, num_layers=2, num_heads=4, dropout=0.0)
+    return ModelConfig(**{**fields, **overrides})
+
+
+def tiny_model(seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(tiny_config(**overrides)).eval()
+
+
+def peaked_model(seed: int = 0, **overrides) -> Transformer:
+    """A tiny model with larger weights, so its next-token distributions are far from uniform and
+    differ from position to position (a fresh model predicts nearly uniform, making ties likely)."""
+    model = tiny_model(seed, **overrides)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(8.0)
+    return model
+
+
+def prompt(*ids: int) -> torch.Tensor:
+    return torch.tensor([list(ids)], dtype=torch.long)
+
+
+# ───────────────────────────────────────── config ────────────────────────────────────────────────
+
+def test_config_dict_round_trip_gives_equal_config():
+    config = tiny_config(dropout=0.25)
+    d = config.to_dict()
+    assert d == {"vocab_size": 64, "block_size": 32, "emb_len": 32, "num_layers": 2,
+                 "num_heads": 4, "dropout": 0.25}
+    assert ModelConfig.from_dict(d) == config
+
+
+def test_config_from_dict_rejects_unknown_and_missing_keys():
+    d = tiny_config().to_dict()
+    with pytest.raises(ValueError, match="unknown keys: colour"):
+        ModelConfig.from_dict({**d, "colour": "red"})
+    del d["num_heads"]
+    with pytest.raises(ValueError, match="lacks keys: num_heads"):
+        ModelConfig.from_dict(d)
+
+
+def test_config_from_params_reads_every_field_of_model_params():
+    import Model_Params
+    config = ModelConfig.from_params(Model_Params)
+    assert config.to_dict() == {k: getattr(Model_Params, k) for k in config.to_dict()}
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(emb_len=30, num_heads=4), "divisible"),
+    (dict(num_layers=0), "num_layers"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(block_size=8.0), "block_size"),
+])
+def test_config_rejects_impossible_shapes(bad, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**bad)
+
+
+# ───────────────────────────────────────── the network ───────────────────────────────────────────
+
+def test_forward_gives_logits_per_position_and_scalar_loss():
+    model = tiny_model()
+    idx = torch.randint(0, 64, (3, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 10, 64) and loss is None
+    logits, loss = model(idx, torch.randint(0, 64, (3, 10)))
+    assert loss.shape == () and torch.isfinite(loss)
+
+
+def test_loss_is_mean_cross_entropy_over_all_positions():
+    model = tiny_model()
+    idx, targets = torch.randint(0, 64, (2, 7)), torch.randint(0, 64, (2, 7))
+    logits, loss = model(idx, targets)
+    by_hand = -F.log_softmax(logits, -1).gather(-1, targets[..., None]).mean()
+    assert loss.item() == pytest.approx(by_hand.item(), abs=1e-5)
+
+
+def test_forward_rejects_window_longer_than_block_size():
+    with pytest.raises(ValueError, match="block_size"):
+        tiny_model()(torch.zeros(1, 33, dtype=torch.long))
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+def test_changing_a_future_token_never_changes_earlier_logits(impl):
+    model = tiny_model()
+    model.attention_impl = impl
+    idx = torch.randint(0, 64, (1, 20))
+    changed = idx.clone()
+    changed[0, 12] = (idx[0, 12] + 1) % 64
+    before, _ = model(idx)
+    after, _ = model(changed)
+    assert torch.equal(before[:, :12], after[:, :12])
+    assert not torch.allclose(before[:, 12:], after[:, 12:])    # the change does reach later ones
+
+
+def test_explicit_and_sdpa_attention_agree_in_outputs_and_gradients():
+    model = tiny_model()
+    idx, targets = torch.randint(0, 64, (2, 32)), torch.randint(0, 64, (2, 32))
+    results = {}
+    for impl in ("sdpa", "explicit"):
+        model.zero_grad()
+        model.attention_impl = impl
+        logits, loss = model(idx, targets)
+        loss.backward()
+        results[impl] = (logits.detach(), [p.grad.clone() for p in model.parameters()])
+    assert torch.allclose(results["sdpa"][0], results["explicit"][0], atol=1e-5)
+    for g_sdpa, g_explicit in zip(results["sdpa"][1], results["explicit"][1]):
+        assert torch.allclose(g_sdpa, g_explicit, atol=1e-6)
+
+
+@pytest.mark.parametrize("q_len", [1, 3, 9])
+def test_attention_of_last_queries_over_longer_keys_matches_full_attention(q_len):
+    # What the KV cache relies on: the last q_len queries against all keys equal those rows of
+    # the full causal attention, for both paths.
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 9, 8).unbind(0)
+    full = attend(q, k, v, "explicit")
+    for impl in ("sdpa", "explicit"):
+        part = attend(q[:, :, -q_len:], k, v, impl)
+        assert torch.allclose(part, full[:, :, -q_len:], atol=1e-6)
+
+
+def test_attention_impl_rejects_unknown_names():
+    with pytest.raises(ValueError, match="attention_impl"):
+        tiny_model().attention_impl = "fast-ish"
+
+
+def test_loss_at_init_on_random_tokens_is_within_0_1_of_ln_vocab():
+    model = tiny_model(vocab_size=512)
+    torch.manual_seed(1)
+    idx, targets = torch.randint(0, 512, (8, 32)), torch.randint(0, 512, (8, 32))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(512)) < 0.1
+
+
+def test_init_scales_residual_projections_by_depth():
+    model = tiny_model(num_layers=8, emb_len=64)
+    residual_std = 0.02 / math.sqrt(2 * 8)
+    for block in model.blocks:
+        assert block.attn.proj.weight.std().item() == pytest.approx(residual_std, rel=0.1)
+        assert block.mlp.proj.weight.std().item() == pytest.approx(residual_std, rel=0.1)
+        assert block.mlp.up.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_output_head_is_the_token_embedding():
+    model = tiny_model()
+    idx = torch.randint(0, 64, (1, 5))
+    logits, _ = model(idx)
+    with torch.no_grad():
+        model.tok_emb.weight[7] += 1.0           # moving one embedding moves that token's logits
+    moved, _ = model(idx)
+    assert not torch.allclose(logits[..., 7], moved[..., 7])
+    assert set(model.state_dict()) == {n for n, _ in model.named_parameters()}   # no second copy
+
+
+def test_num_params_counts_every_weight_once():
+    c = tiny_config()
+    E, L, V, T = c.emb_len, c.num_layers, c.vocab_size, c.block_size
+    per_block = (2 * 2 * E) + (E * 3 * E + 3 * E) + (E * E + E) + (E * 4 * E + 4 * E) + (4 * E * E + E)
+    assert tiny_model().num_params() == V * E + T * E + L * per_block + 2 * E
+
+
+def test_bf16_autocast_forward_is_close_to_fp32():
+    model = tiny_model()
+    idx, targets = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
+    _, loss32 = model(idx, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss16 = model(idx, targets)
+    assert loss16.dtype == torch.float32
+    assert loss16.item() == pytest.approx(loss32.item(), abs=0.02)
+
+
+def test_configure_optimizer_decays_exactly_the_matrices():
+    model = tiny_model()
+    opt = configure_optimizer(model, learning_rate=1e-3, weight_decay=0.1)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    plain = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert decayed == {id(p) for p in model.parameters() if p.dim() >= 2}
+    assert plain == {id(p) for p in model.parameters() if p.dim() < 2}
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_configured_optimizer_takes_the_same_steps_as_plain_adamw():
+    model, twin = tiny_model(), tiny_model()
+    fast = configure_optimizer(model, learning_rate=1e-2, weight_decay=0.1)
+    plain = torch.optim.AdamW([{"params": [p for p in twin.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+                               {"params": [p for p in twin.parameters() if p.dim() < 2], "weight_decay": 0.0}],
+                              lr=1e-2, betas=(0.9, 0.95), foreach=False)
+    # The same made-up gradients for both, so only the optimisers' arithmetic can differ.
+    torch.manual_seed(4)
+    grads = [[torch.randn_like(p) for p in model.parameters()] for _ in range(3)]
+    for net, opt in ((model, fast), (twin, plain)):
+        for step_grads in grads:
+            for p, g in zip(net.parameters(), step_grads):
+                p.grad = g.clone()
+            opt.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert not torch.equal(model.tok_emb.weight, tiny_model().tok_emb.weight)    # it did move
+
+
+# ───────────────────────────────────────── generation ────────────────────────────────────────────
+
+def test_kv_cache_matches_full_recomputation_over_200_greedy_steps():
+    model = peaked_model(block_size=256)
+    start = prompt(3, 1, 4, 1, 5)
+    cached = model.generate(start, 200, temperature=0, use_cache=True)
+    recomputed = model.generate(start, 200, temperature=0, use_cache=False)
+    assert torch.equal(cached, recomputed)
+    assert len(set(cached[0, 5:].tolist())) > 3           # not a degenerate constant sequence
+
+    # Logits: feed the same sequence through the cache one token at a time, compare each step's
+    # logits with the ones a single full forward pass gives for that position.
+    with torch.no_grad():
+        full, _ = model(cached)                             # (1, 205, V)
+        cache = KVCache(model.config)
+        step_logits = [model(start, kv_cache=cache)[0][:, -1]]
+        for t in range(5, cached.shape[1] - 1):
+            step_logits.append(model(cached[:, t:t + 1], kv_cache=cache)[0][:, -1])
+    assert cache.length == cached.shape[1] - 1
+    assert torch.allclose(torch.cat(step_logits), full[0, 4:-1], atol=1e-4)
+
+
+def reference_window_generation(model: Transformer, idx: torch.Tensor, n: int) -> list[int]:
+    """The documented strategy, written the slow way: predict from the window, which grows until
+    it would pass block_size and then restarts from the last block_size // 2 tokens."""
+    block, keep = model.config.block_size, model.config.block_size // 2
+    seq, start, out = idx[0].tolist(), max(0, idx.shape[1] - block), []
+    for _ in range(n):
+        if len(seq) - start > block:
+            start = len(seq) - keep
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([seq[start:]]))
+        seq.append(int(logits[0, -1].argmax()))
+        out.append(seq[-1])
+    return out
+
+
+@pytest.mark.parametrize("prompt_len", [3, 40])
+def test_generation_past_block_size_follows_documented_window_strategy(prompt_len):
+    model = peaked_model(block_size=16)
+    torch.manual_seed(2)
+    start = torch.randint(0, 64, (1, prompt_len))
+    expected = reference_window_generation(model, start, 70)
+    for use_cache in (True, False):
+        out = model.generate(start, 70, temperature=0, use_cache=use_cache)
+        assert out.shape == (1, prompt_len + 70)
+        assert torch.equal(out[:, :prompt_len], start)
+        assert out[0, prompt_len:].tolist() == expected
+
+
+def test_sampling_with_top_k_1_equals_greedy():
+    model = peaked_model()
+    start = prompt(5, 6)
+    greedy = model.generate(start, 40, temperature=0)
+    top1 = model.generate(start, 40, temperature=1.5, top_k=1, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(greedy, top1)
+
+
+def test_top_p_never_samples_outside_the_nucleus():
+    # Probabilities 0.5, 0.3, 0.1, 0.06, 0.04: with top_p 0.75 the nucleus is tokens {0, 1}.
+    probs = torch.tensor([0.5, 0.3, 0.1, 0.06, 0.04])
+    logits = probs.log().expand(4000, 5)
+    draws = sample_next(logits, top_p=0.75, generator=torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {0, 1}
+    # ... and within the nucleus the relative odds are kept (0.5 : 0.3 -> 62.5%).
+    assert (draws == 0).float().mean().item() == pytest.approx(0.625, abs=0.03)
+
+
+def test_top_k_never_samples_outside_the_k_likeliest():
+    logits = torch.tensor([0.1, 3.0, 0.2, 2.0, 1.0, -1.0]).expand(2000, 6)
+    draws = sample_next(logits, top_k=3, generator=torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {1, 3, 4}
+
+
+def test_temperature_zero_is_argmax():
+    logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 1.0, 4.9]])
+    assert sample_next(logits, temperature=0).tolist() == [1, 0]
+
+
+def test_same_seed_reproduces_the_same_tokens_and_another_seed_differs():
+    model = tiny_model()
+    start = prompt(1, 2, 3)
+
+    def sample(seed):
+        return model.generate(start, 30, temperature=1.0, top_p=0.9,
+                              generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(sample(7), sample(7))
+    assert not torch.equal(sample(7), sample(8))
+
+
+def test_stream_yields_the_same_tokens_as_generate():
+    model = tiny_model()
+    start = prompt(4, 2)
+    kwargs = dict(temperature=0.9, top_k=20, top_p=0.95)
+    streamed = list(model.stream(start, 25, generator=torch.Generator().manual_seed(3), **kwargs))
+    generated = model.generate(start, 25, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert streamed == generated[0, 2:].tolist()
+    assert all(isinstance(t, int) for t in streamed)
+
+
+def test_stream_can_be_stopped_early_by_the_caller():
+    model = tiny_model()
+    taken = []
+    for token in model.stream(prompt(1), 1000, temperature=0):
+        taken.append(token)
+        if len(taken) == 3:
+            break
+    assert taken == model.generate(prompt(1), 3, temperature=0)[0, 1:].tolist()
+
+
+def test_generation_restores_training_mode_and_records_no_gradients():
+    model = tiny_model(dropout=0.5).train()
+    out = model.generate(prompt(1, 2), 5, temperature=0)
+    assert model.training
+    assert not out.requires_grad
+    # Dropout was off while generating: greedy output is the same every time.
+    assert torch.equal(out, model.generate(prompt(1, 2), 5, temperature=0))
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(temperature=-0.5), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_k=0), "top_k"),
+    (dict(top_k=-2), "top_k"),
+])
+def test_nonsense_sampling_settings_raise_clear_valueerror_before_any_token(settings, message):
+    model = tiny_model()
+    with pytest.raises(ValueError, match=message) as info:
+        model.stream(prompt(1), 5, **settings)             # no iteration needed to get the error
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=message):
+        model.generate(prompt(1), 5, **settings)
+
+
+def test_bad_prompts_raise_valueerror():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="prompt"):
+        model.generate(torch.tensor([1, 2]), 3)
+    with pytest.raises(ValueError, match=r"\[0, 64\)"):
+        model.generate(prompt(1, 64), 3)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(prompt(1), -1)
+
+
+def test_beam_width_1_equals_greedy():
+    model = peaked_model()
+    start = prompt(7, 8, 9)
+    assert torch.equal(model.beam_search(start, 50, beam_width=1), model.generate(start, 50, temperature=0))
+
+
+def sequence_logprob(model: Transformer, seq: torch.Tensor, prompt_len: int) -> float:
+    with torch.no_grad():
+        logits, _ = model(seq)
+    logp = F.log_softmax(logits[0, prompt_len - 1:-1], -1)
+    return logp.gather(-1, seq[0, prompt_len:, None]).sum().item()
+
+
+def test_beam_search_is_deterministic_and_its_best_beats_greedy_here():
+    model = tiny_model(seed=3)
+    start = prompt(1, 2)
+    first = model.beam_search(start, 12, beam_width=4)
+    assert torch.equal(first, model.beam_search(start, 12, beam_width=4))
+    assert torch.equal(first, model.beam_search(start, 12, beam_width=4, use_cache=False))
+    assert first.shape == (1, 14)
+    greedy = model.generate(start, 12, temperature=0)
+    assert sequence_logprob(model, first, 2) >= sequence_logprob(model, greedy, 2)
+
+
+def test_beam_search_runs_past_block_size():
+    model = peaked_model(block_size=16)
+    out = model.beam_search(prompt(1, 2, 3), 40, beam_width=3)
+    assert out.shape == (1, 43)
+    assert torch.equal(model.beam_search(prompt(1, 2, 3), 40, beam_width=1),
+                      model.generate(prompt(1, 2, 3), 40, temperature=0))
+
+
+def test_beam_search_with_end_token_stops_hypotheses_at_it():
+    model = peaked_model()
+    start = prompt(1, 2)
+    greedy = model.generate(start, 20, temperature=0)[0, 2:].tolist()
+    end = greedy[3]                              # a token greedy decoding reaches early
+    # Raw summed log-probs (length_penalty 0) only fall as a beam grows, so with one beam the
+    # greedy path, finished at its first end token, wins.
+    out = model.beam_search(start, 20, beam_width=1, length_penalty=0, end_token=end)[0, 2:].tolist()
+    assert out == greedy[:greedy.index(end) + 1]
+    for width, penalty in [(3, 0.0), (3, 1.0)]:
+        wide = model.beam_search(start, 20, beam_width=width, length_penalty=penalty, end_token=end)
+        wide = wide[0, 2:].tolist()
+        assert end not in wide[:-1]              # nothing is generated after an end token
+        assert wide[-1] == end or len(wide) == 20
+
+
+def test_beam_search_rejects_bad_width():
+    with pytest.raises(ValueError, match="beam_width"):
+        tiny_model().beam_search(prompt(1), 5, beam_width=0)
+
+
+# ───────────────────────────────────────── checkpoints ───────────────────────────────────────────
+
+def save_checkpoint(path: Path, net: Transformer, **extra) -> dict:
+    """Write a checkpoint in the contract's format; `extra` adds or overrides keys."""
+    ckpt = {"format_version": 1, "kind": "best", "model_config": net.config.to_dict(),
+            "model": net.state_dict(), "tokenizer_fingerprint": "abc123", "step": 10,
+            "val_nats_per_char": None, **extra}
+    torch.save(ckpt, path)
+    return ckpt
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_model_even_from_fp16_weights(tmp_path):
+    model = tiny_model()
+    save_checkpoint(tmp_path / "w.pth", model)
+    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "w.pth"), torch.device("cpu"))
+    idx = torch.randint(0, 64, (2, 10))
+    assert not rebuilt.training
+    assert torch.equal(rebuilt(idx)[0], model(idx)[0])
+
+    half = {k: v.half() for k, v in model.state_dict().items()}
+    save_checkpoint(tmp_path / "h.pth", model, model=half)
+    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "h.pth"), "cpu")
+    assert all(p.dtype == torch.float32 for p in rebuilt.parameters())
+    assert torch.allclose(rebuilt(idx)[0], model(idx)[0], atol=2e-2)
+
+
+def assert_one_line_error_naming(path: Path, match: str):
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    return message
+
+
+def test_load_checkpoint_reports_missing_file(tmp_path):
+    assert_one_line_error_naming(tmp_path / "nothing.pth", "no such checkpoint")
+
+
+def test_load_checkpoint_reports_zero_length_file(tmp_path):
+    (tmp_path / "w.pth").write_bytes(b"")
+    assert_one_line_error_naming(tmp_path / "w.pth", "empty")
+
+
+def test_load_checkpoint_reports_truncated_file(tmp_path):
+    save_checkpoint(tmp_path / "w.pth", tiny_model())
+    data = (tmp_path / "w.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[:len(data) // 2])
+    assert_one_line_error_naming(tmp_path / "cut.pth", "truncated")
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"just some text\n"])
+def test_load_checkpoint_reports_garbage(tmp_path, content):
+    (tmp_path / "w.pth").write_bytes(content)
+    assert_one_line_error_naming(tmp_path / "w.pth", "not a PyTorch checkpoint")
+
+
+class _WritesMarker:
+    """Unpickling this would call open(marker, "w"): code execution, in miniature."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("container, message", [("torch.save", "refused"),
+                                                ("pickle protocol 2", "refused"),
+                                                ("pickle protocol 4", "not a PyTorch checkpoint")])
+def test_load_checkpoint_refuses_code_executing_pickle_without_running_it(tmp_path, container, message):
+    marker, path = tmp_path / "MARKER", tmp_path / "evil.pth"
+    payload = {"format_version": 1, "model": _WritesMarker(marker)}
+    if container == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=int(container[-1])))
+    assert_one_line_error_naming(path, message)
+    assert not marker.exists()
+
+
+def test_load_checkpoint_rejects_other_formats_and_versions(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    assert_one_line_error_naming(tmp_path / "list.pth", "not a checkpoint of this project")
+    save_checkpoint(tmp_path / "v2.pth", tiny_model(), format_version=2)
+    assert_one_line_error_naming(tmp_path / "v2.pth", "format_version 2")
+    torch.save(tiny_model().state_dict(), tmp_path / "bare.pth")     # the original's weights-only files
+    assert_one_line_error_naming(tmp_path / "bare.pth", "no format_version")
+    save_checkpoint(tmp_path / "cfg.pth", tiny_model(), model_config={"vocab_size": 64})
+    assert_one_line_error_naming(tmp_path / "cfg.pth", "model_config")
+
+
+def test_model_from_checkpoint_rejects_weights_that_do_not_fit_the_config(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "w.pth", tiny_model(), model_config=tiny_config(emb_len=64).to_dict())
+    with pytest.raises(CheckpointError, match="w.pth: weight .* has shape"):
+        model_from_checkpoint(ckpt, "cpu", path=tmp_path / "w.pth")
+
+
+def test_tokenizer_fingerprint_mismatch_says_what_to_do(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "w.pth", tiny_model())
+    check_tokenizer_fingerprint(ckpt, "abc123", tmp_path / "w.pth")       # match: silent
+    with pytest.raises(CheckpointError, match="different tokenizer.*retrain") as info:
+        check_tokenizer_fingerprint(ckpt, "fff000", tmp_path / "w.pth")
+    assert str(tmp_path / "w.pth") in str(info.value)
+
+
+# ───────────────────────────────────────── devices ───────────────────────────────────────────────
+
+def test_pick_device_auto_and_cpu_and_bad_names():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device(None).type in ("cpu", "cuda", "mps")
+    assert pick_device("auto") == pick_device(None)
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        pick_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pick_device("cuda")
+
+
+def test_autocast_dtype_on_cpu_is_bf16_exactly_when_the_cpu_has_native_bf16():
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert autocast_dtype(torch.device("cpu")) == (torch.bfloat16 if native else None)
+    assert autocast_dtype("cpu") == autocast_dtype(torch.device("cpu"))
+
+
+def test_model_module_never_imports_a_script():
+    tree = ast.parse((REPO / "Model.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"init", "train", "run"}
+    assert imported <= {"__future__", "contextlib", "dataclasses", "math", "pickle", "warnings",
+                        "zipfile", "pathlib", "typing", "torch"}
