@@ -1,0 +1,300 @@
+"""run.py as a user runs it: subprocesses against a tiny model trained for a moment in a temp folder.
+
+Each process pays for importing torch, so related prompts share one stdin-mode process.
+"""
+import contextlib
+import math
+import os
+import pty
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, strategies as st
+
+from conftest import REPO, TINY_TEXT, run_script
+from Model import load_checkpoint, model_from_checkpoint
+from run import eval_windows, shown_length
+from tokenizer import Tokenizer
+
+BLOCK = 16                                       # the tiny_trained model's context (conftest)
+LONG_NOTE = "longer than the model's context"
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread inside the block: on a busy 2-core machine, two threads spinning on tiny
+    matmuls run ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_trained):
+    """The session's tiny model (written by init.py and train.py), also loaded in this process."""
+    weights = tiny_trained["weights_dir"] / "weights-best.pth"
+    checkpoint = load_checkpoint(weights)
+    model = model_from_checkpoint(checkpoint, torch.device("cpu"), weights)
+    assert model.config.block_size == BLOCK
+    return {"weights": weights, "tokenizer_dir": tiny_trained["tokenizer_dir"], "model": model,
+            "tokenizer": Tokenizer.load(tiny_trained["tokenizer_dir"]), "config": model.config}
+
+
+def run_tiny(tiny, *args, input=None):
+    return run_script("run.py", "--weights", tiny["weights"], "--tokenizer-dir", tiny["tokenizer_dir"],
+                      *args, input=input, timeout=120)
+
+
+def assert_clean_error(result, *fragments):
+    """Exit 2, one `error:` line on stderr naming the problem, nothing on stdout, no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+# ──────────────────────────────────────── generation ────────────────────────────────────────
+
+def test_prompt_writes_only_the_continuation_and_same_seed_gives_same_text(tiny):
+    sample = ("--temperature", "1.5", "--top-p", "1", "--max-new-tokens", "40")
+    once = run_tiny(tiny, "--prompt", "the quick", "--seed", "7", *sample)
+    assert once.returncode == 0, once.stderr
+    assert "parameters" in once.stderr and "parameters" not in once.stdout   # load info on stderr
+    assert once.stdout.endswith("\n") and len(once.stdout) > 1
+    # stdin mode reseeds for every prompt: the same prompt twice gives the --prompt text twice.
+    twice = run_tiny(tiny, "--seed", "7", *sample, input="the quick\nthe quick\n")
+    assert twice.returncode == 0, twice.stderr
+    assert twice.stdout == once.stdout * 2
+    other_seed = run_tiny(tiny, "--prompt", "the quick", "--seed", "8", *sample)
+    assert other_seed.returncode == 0
+    assert other_seed.stdout != once.stdout
+
+
+def test_every_kind_of_prompt_gets_one_continuation_per_line(tiny):
+    long_prompt = "the lazy dog jumps over the quick brown fox " * 20              # > BLOCK tokens
+    megabyte = ("the quick brown fox 🙂 " * 50_000)[:1_000_000]
+    one_letter_megabyte = "a" * 1_000_000                               # one giant pre-split chunk
+    prompts = ["the quick", "", "🙂🎭 emoji", "生存还是毁灭", "tab\tbell\x07 nul\x00 esc\x1b[31m cr\rend",
+               long_prompt, long_prompt, megabyte, one_letter_megabyte, "that is"]
+    started = time.perf_counter()
+    result = run_tiny(tiny, "--stop", r"\n", "--max-new-tokens", "30", "--seed", "1",
+                 input="".join(p + "\n" for p in prompts))
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.split("\n")
+    assert lines.pop() == ""                       # every continuation ends with a newline
+    assert len(lines) == len(prompts)
+    assert result.stderr.count(LONG_NOTE) == 1     # noted once, not per prompt or per token
+    assert seconds < 60                            # only the megabyte prompts' last tokens reach the model
+
+
+def test_closed_stdin_exits_quietly(tiny):
+    closed = subprocess.run(
+        ["bash", "-c", 'exec "$0" "$@" <&-', sys.executable, str(REPO / "run.py"),
+         "--weights", str(tiny["weights"]), "--tokenizer-dir", str(tiny["tokenizer_dir"])],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert closed.returncode == 0, closed.stderr
+    assert closed.stdout == "" and "Traceback" not in closed.stderr
+
+
+def test_stop_text_ends_the_continuation_before_it(tiny):
+    model, tokenizer = tiny["model"], tiny["tokenizer"]
+    prompt = torch.tensor([tokenizer.encode("the quick")])
+    with one_thread():
+        greedy = model.generate(prompt, 40, temperature=0)
+    text = tokenizer.decode(greedy[0, prompt.shape[1]:].tolist())
+    stop = text[8:14]                               # spans several tokens
+    result = run_tiny(tiny, "--prompt", "the quick", "--temperature", "0", "--max-new-tokens", "40",
+                 "--stop", stop)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == text[:text.find(stop)] + "\n"
+
+
+@given(st.lists(st.text("ab\n", max_size=3), max_size=12), st.text("ab\n", min_size=1, max_size=3))
+def test_streamed_text_with_a_stop_is_the_text_before_the_stop(pieces, stop):
+    """Feeding the pieces one by one through shown_length prints exactly text[:text.find(stop)]."""
+    printed, pending = "", ""
+    for piece in pieces:
+        pending += piece
+        n, stopped = shown_length(pending, stop)
+        printed, pending = printed + pending[:n], pending[n:]
+        if stopped:
+            break
+    else:
+        printed += pending
+    text = "".join(pieces)
+    assert printed == (text[:text.find(stop)] if stop in text else text)
+
+
+@given(st.integers(1, 200), st.integers(1, 20), st.data())
+def test_eval_windows_score_every_token_once_with_enough_context(n_tokens, block, data):
+    stride = data.draw(st.integers(1, block))
+    scored = []
+    for start, end, skip in eval_windows(n_tokens, block, stride):
+        assert 0 <= start < end <= n_tokens and end - start <= block
+        targets = range(start + 1 + skip, end + 1)
+        scored += targets
+        assert all(t - start >= min(t, block - stride + 1) for t in targets)   # context of each
+    assert scored == list(range(1, n_tokens + 1))
+
+
+def test_beam_search_prints_a_deterministic_continuation(tiny):
+    result = run_tiny(tiny, "--beams", "3", "--stop", r"\n", "--seed", "5", "--max-new-tokens", "30",
+                 input="the quick\nthe quick\n")
+    assert result.returncode == 0, result.stderr
+    first, second, end = result.stdout.split("\n")
+    assert first == second and first and end == ""
+    assert "ignoring --seed" in result.stderr
+
+
+def start_in_terminal(tiny, *args):
+    """run.py with a pseudo-terminal as stdin, as when a person types. Returns (process, terminal fd)."""
+    terminal, stdin = pty.openpty()
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "--weights", str(tiny["weights"]),
+                             "--tokenizer-dir", str(tiny["tokenizer_dir"]), *args],
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(stdin)
+    return proc, terminal
+
+
+def test_interactive_session_streams_to_stdout_and_ctrl_c_exits_130(tiny):
+    # (Ctrl-D is end of input, the same path as the end of piped stdin in the tests above.)
+    proc, terminal = start_in_terminal(tiny, "--stop", r"\n", "--max-new-tokens", "20")
+    try:
+        os.write(terminal, b"the quick\n")
+        continuation = proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)              # at (or on the way to) the next prompt
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(terminal)
+    assert continuation.endswith("\n") and out == ""
+    assert proc.returncode == 130
+    assert "> " in err and "Traceback" not in err    # the prompt marker is on stderr
+
+
+# ───────────────────────────────────────────── --eval ─────────────────────────────────────────────
+
+def hand_total_nll(model, seq: torch.Tensor, stride: int) -> float:
+    """Sum over t = 1..N of -log p(seq[t] | its context), one forward pass per token.
+
+    Documented rule: tokens 1..BLOCK see everything before them; a later token t is scored by the
+    window ending at e = min(BLOCK + ceil((t - BLOCK) / stride) * stride, N), which starts at e - BLOCK."""
+    n = len(seq) - 1
+    total = 0.0
+    with torch.no_grad(), one_thread():
+        for t in range(1, n + 1):
+            start = 0 if t <= BLOCK else min(BLOCK + math.ceil((t - BLOCK) / stride) * stride, n) - BLOCK
+            logits, _ = model(seq[None, start:t])
+            total += F.cross_entropy(logits[0, -1], seq[t]).item()
+    return total
+
+
+def parse_figures(stdout: str) -> dict:
+    last = stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"nats_per_char=\S+ bits_per_char=\S+ nats_per_token=\S+ tokens=\d+ chars=\d+", last)
+    return {k: float(v) for k, v in (field.split("=") for field in last.split())}
+
+
+def test_eval_figures_match_a_hand_computation(tiny, tmp_path):
+    text = TINY_TEXT[:300] + "unseen — 生存还是毁灭 🙂\n" + TINY_TEXT[-100:]
+    path = tmp_path / "text.txt"
+    path.write_text(text, encoding="utf-8")
+    result = run_tiny(tiny, "--eval", path)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+    got = parse_figures(result.stdout)
+
+    tokenizer = tiny["tokenizer"]
+    ids = tokenizer.encode(text)
+    seq = torch.tensor(tokenizer.encode("\n") + ids)           # the first token is scored after "\n"
+    total = hand_total_nll(tiny["model"], seq, stride=BLOCK // 2)     # the documented default stride
+    assert len(ids) > 3 * BLOCK                                # several windows
+    assert got["tokens"] == len(ids) and got["chars"] == len(text)
+    assert got["nats_per_char"] == pytest.approx(total / len(text), rel=1e-4)
+    assert got["bits_per_char"] == pytest.approx(total / len(text) / math.log(2), rel=1e-4)
+    assert got["nats_per_token"] == pytest.approx(total / len(ids), rel=1e-4)
+
+
+def test_eval_of_a_bad_file_is_one_line(tiny, tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "empty.txt").write_bytes(b"")
+    for name, fragment in [("missing.txt", "no such file"), ("latin1.txt", "not UTF-8"),
+                           ("empty.txt", "empty")]:
+        assert_clean_error(run_tiny(tiny, "--eval", tmp_path / name), name, fragment)
+
+
+# ─────────────────────────────────────── loading problems ───────────────────────────────────────
+
+def copy_scripts(tmp_path):
+    """The repo's scripts in a folder of their own, so a test can edit its Model_Params.py."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    for path in REPO.glob("*.py"):
+        shutil.copy(path, scripts / path.name)
+    return scripts
+
+
+def test_edited_model_params_still_runs_the_trained_model_and_names_the_differences(tiny, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    params = scripts / "Model_Params.py"
+    source = params.read_text()
+    for name, value in tiny["config"].to_dict().items():     # Model_Params as at training time...
+        source = re.sub(rf"^{name} = \S+", f"{name} = {value!r}", source, flags=re.M)
+    source = source.replace(f"block_size = {BLOCK}", "block_size = 256")   # ...then edited
+    source = source.replace("num_layers = 2", "num_layers = 12")
+    params.write_text(source)
+    # Default weights folder beside the script, holding only weights-latest.pth: the fallback.
+    (scripts / "Saved_Weights").mkdir()
+    shutil.copy(tiny["weights"].with_name("weights-latest.pth"), scripts / "Saved_Weights")
+    result = run_script(scripts / "run.py", "--tokenizer-dir", tiny["tokenizer_dir"],
+                        "--prompt", "the quick", "--max-new-tokens", "5")
+    assert result.returncode == 0, result.stderr
+    assert "weights-latest.pth" in result.stderr
+    notes = [line for line in result.stderr.splitlines() if "Model_Params.py differs" in line]
+    assert len(notes) == 1
+    assert f"block_size 256 (checkpoint {BLOCK})" in notes[0] and "num_layers 12 (checkpoint 2)" in notes[0]
+    assert "emb_len" not in notes[0] and "vocab_size" not in notes[0]
+
+
+def test_tokenizer_that_does_not_match_the_checkpoint_is_refused(tiny, tmp_path):
+    other = Tokenizer()
+    other.train("a completely different text, with other merges " * 20, 280)
+    other.save(tmp_path / "other")
+    result = run_script("run.py", "--weights", tiny["weights"], "--tokenizer-dir", tmp_path / "other",
+                        "--prompt", "the quick")
+    assert_clean_error(result, "tokenizer", "train.py")
+
+
+def test_no_weights_says_train_first_or_restore(tmp_path):
+    scripts = copy_scripts(tmp_path)                           # no Saved_Weights/ beside this copy
+    result = run_script(scripts / "run.py", "--prompt", "hi")
+    assert_clean_error(result, "train.py", "git checkout Saved_Weights/weights-best.pth")
+
+
+@pytest.mark.parametrize("option", [
+    ("--temperature", "-1"), ("--temperature", "nan"), ("--top-p", "0"), ("--top-p", "1.5"),
+    ("--top-k", "-1"), ("--top-k", "2.5"), ("--beams", "0"), ("--max-new-tokens", "-1"),
+    ("--stop", ""), ("--stop", "\\"), ("--seed", "-1"), ("--seed", str(2 ** 64)),
+    ("--eval-stride", "0"), ("--threads", "-1"), ("--prompt", "x", "--eval", "f"),
+])
+def test_bad_option_values_are_argparse_errors(option):
+    result = run_script("run.py", *option)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "error: " in result.stderr
+    assert result.stdout == ""
+
