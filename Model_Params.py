@@ -6,25 +6,26 @@ carries its own shape inside its checkpoint.
 """
 
 # --- tokenizer -------------------------------------------------------------------------------
-vocab_size = 1024          # tokens in the BPE vocabulary: 256 byte tokens + (vocab_size - 256) merges
+vocab_size = 2048          # tokens in the BPE vocabulary: 256 byte tokens + (vocab_size - 256) merges
 
 # --- model shape -----------------------------------------------------------------------------
 block_size = 128           # context length: how many tokens the model sees at once
-emb_len = 256              # width of every token vector (the embedding / residual stream size)
+emb_len = 192              # width of every token vector (the embedding / residual stream size)
 num_layers = 6             # number of transformer blocks stacked on top of each other
-num_heads = 4              # attention heads per block; emb_len must be divisible by it
-dropout = 0.1              # probability of zeroing activations during training (regularisation)
+num_heads = 6              # attention heads per block; emb_len must be divisible by it
+dropout = 0.15             # probability of zeroing activations during training (regularisation)
 
 # --- optimisation ----------------------------------------------------------------------------
 batch_size = 16            # sequences per optimisation step (per process, before accumulation)
 grad_accum_steps = 1       # micro-batches summed into one optimiser step
-learning_rate = 1e-3       # peak AdamW learning rate, reached after warmup
-min_lr = 1e-4              # floor the cosine schedule decays to
-warmup_iters = 200         # steps of linear warmup from 0 to learning_rate
-max_iters = 5000           # total optimisation steps (the cosine schedule ends here)
+learning_rate = 1.5e-3     # peak AdamW learning rate, reached after warmup
+min_lr = 1.5e-4            # floor the cosine schedule decays to
+warmup_iters = 100         # steps of linear warmup from 0 to learning_rate
+max_iters = 100000         # most optimisation steps; the cosine schedule ends here or when max_minutes runs out
+max_minutes = 60.0         # training time budget in minutes, resumed runs included; schedule fits into it (0 = none)
 weight_decay = 0.1         # AdamW decay, applied to 2-D weight matrices only
 grad_clip = 1.0            # clip the global gradient norm to this (0 disables)
-eval_interval = 250        # steps between validation evaluations (and checkpoints)
+eval_interval = 200        # steps between validation evaluations (and checkpoints)
 eval_windows = 200         # fixed validation windows scored at each evaluation
 
 # --- generation (run.py) ---------------------------------------------------------------------

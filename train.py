@@ -12,10 +12,12 @@ What happens, in order:
      resume: weights, optimizer, step, every random-number generator);
   4. loop: each step draws random block_size windows, averages the loss over batch_size ×
      grad_accum_steps × processes windows, clips the gradient and takes an AdamW step at the
-     scheduled learning rate (linear warm-up, then cosine decay to min_lr at max_iters);
+     scheduled learning rate (linear warm-up, then cosine decay to min_lr at max_iters — or,
+     when max_minutes would run out first, at the step the run will reach by then: the end of
+     the schedule is re-fitted every few steps to the measured pace);
   5. every eval_interval steps: validation on a fixed set of windows, one line of figures,
      a row in loss_history.csv, weights-latest.pth, and weights-best.pth when validation improved;
-  6. at the end (max_iters, --max-iters, --max-minutes): a last checkpoint and a full pass over
+  6. at the end (max_iters, --max-iters, or the max_minutes budget): a last checkpoint and a full pass over
      the whole validation split.
 
 Everything printed goes to stderr; stdout stays empty.
@@ -58,6 +60,7 @@ from tokenizer import Tokenizer, TokenizerError
 REPO = Path(__file__).resolve().parent
 LATEST, BEST = "weights-latest.pth", "weights-best.pth"
 HISTORY_CSV, HISTORY_PNG = "loss_history.csv", "loss.png"
+FIT_EVERY = 25            # steps between re-fits of the schedule to the time budget
 HISTORY_COLUMNS = ("step", "minutes", "lr", "train_loss", "val_loss_per_token", "val_nats_per_char",
                    "val_bits_per_char", "val_tokens", "val_chars", "eval")
 # What a checkpoint's weights depend on (dropout is a model setting too, but may change on resume).
@@ -146,8 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-iters", dest="stop_at", type=value_parser(0), default=None, metavar="N",
                      help="stop when the step count reaches N (default: max_iters); the learning-rate "
                           "schedule still follows --max_iters, so a later run continues seamlessly")
-    run.add_argument("--max-minutes", type=value_parser(0.0), default=None, metavar="M",
-                     help="stop after M minutes of wall time, with a checkpoint and a final evaluation")
     run.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     run.add_argument("--dtype", default="auto", choices=DTYPES,
                      help="autocast precision; auto = bfloat16 where supported, float16 on older GPUs "
@@ -163,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
         section, comment = helps.get(name, ("hyperparameters", ""))
         if section not in groups:
             groups[section] = parser.add_argument_group(f"Model_Params: {section}")
-        groups[section].add_argument(f"--{name}", type=value_parser(default), default=default,
+        # --max-minutes reads better on a command line; it is the same setting as --max_minutes.
+        flags = [f"--{name}"] + (["--max-minutes"] if name == "max_minutes" else [])
+        groups[section].add_argument(*flags, type=value_parser(default), default=default,
                                      metavar=type(default).__name__.upper(),
                                      help=f"{comment} (default: {default})".replace("%", "%%"))
     return parser
@@ -194,8 +197,8 @@ def parse_settings(argv) -> argparse.Namespace:
         if cfg.stop_at > cfg.max_iters:
             raise UserError(f"--max-iters {cfg.stop_at} is past the end of the schedule (max_iters "
                             f"{cfg.max_iters}); to train longer pass --max_iters {cfg.stop_at}")
-    if cfg.max_minutes is not None and cfg.max_minutes < 0:
-        raise UserError(f"--max-minutes must not be negative, got {cfg.max_minutes}")
+    if cfg.max_minutes < 0:
+        raise UserError(f"--max_minutes must not be negative, got {cfg.max_minutes}")
     return cfg
 
 
@@ -432,13 +435,14 @@ def evaluate(model: torch.nn.Module, data: np.ndarray, windows: list[tuple[int, 
 
 # ───────────────────────────────────────── optimisation ──────────────────────────────────────────
 
-def learning_rate_at(step: int, cfg) -> float:
+def learning_rate_at(step: int, cfg, horizon: int | None = None) -> float:
     """The learning rate for step `step` (0-based): linear warm-up over warmup_iters steps to
-    learning_rate, then a cosine curve down to min_lr at max_iters, then min_lr. Warm-up keeps the
-    first, large and badly-aimed updates from wrecking AdamW's still-empty moment estimates."""
+    learning_rate, then a cosine curve down to min_lr at `horizon` (default max_iters), then min_lr.
+    Warm-up keeps the first, large and badly-aimed updates from wrecking AdamW's still-empty moment
+    estimates."""
     if step < cfg.warmup_iters:
         return cfg.learning_rate * (step + 1) / cfg.warmup_iters
-    span = cfg.max_iters - cfg.warmup_iters
+    span = (cfg.max_iters if horizon is None else horizon) - cfg.warmup_iters
     progress = min(1.0, (step - cfg.warmup_iters) / span) if span > 0 else 1.0
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
@@ -544,6 +548,7 @@ class TrainState:
     step: int = 0
     best_val: float | None = None          # best validation nats/char so far (fixed windows)
     minutes: float = 0.0                   # wall time of previous runs (this run's is added on save)
+    horizon: int = 0                       # step where the schedule ends: max_iters, or sooner to fit max_minutes
     saved_step: int | None = None          # step held by weights-latest.pth of this run, if any
 
 
@@ -730,6 +735,7 @@ class Trainer:
             self.state = TrainState(step=self.ckpt["step"], best_val=self.ckpt.get("best_val"),
                                     minutes=self.ckpt.get("minutes", 0.0), saved_step=self.ckpt["step"])
         self.previous_minutes = self.state.minutes
+        self.state.horizon = cfg.max_iters       # with a time budget, run() may bring it closer
         self.model.to(device)
         self.optimizer = configure_optimizer(self.model, cfg.learning_rate, cfg.weight_decay)
         self.amp_dtype = choose_dtype(cfg.dtype, device)
@@ -775,9 +781,17 @@ class Trainer:
         """Train to stop_at (or until time is up, a signal, or divergence); returns the exit code."""
         cfg, state, say = self.cfg, self.state, self.say
         self.describe()
-        if state.step >= self.stop_at:
+        budget_s = cfg.max_minutes * 60 if cfg.max_minutes > 0 else None
+        self.loop_start, self.loop_first_step, self.final_eval_s = time.monotonic(), state.step, None
+        if budget_s is not None:
+            self.fit_horizon(budget_s)           # from the previous runs' pace, when resuming
+        if state.step >= min(self.stop_at, state.horizon):
             say(f"nothing to do: {self.latest_path} is already at step {state.step} (stop at "
-                f"{self.stop_at}); pass --max_iters N to train longer, or --fresh to start over")
+                f"{min(self.stop_at, state.horizon)}); pass --max_iters N to train longer, or --fresh to start over")
+            return 0
+        if budget_s is not None and self.minutes_so_far() >= cfg.max_minutes:
+            say(f"nothing to do: {self.latest_path} has used its {cfg.max_minutes:g}-minute budget "
+                f"({self.minutes_so_far():.1f} min); pass --max_minutes M to train longer, or --fresh to start over")
             return 0
         if self.procs.is_main and self.ckpt is None and (self.weights_dir / HISTORY_CSV).exists():
             (self.weights_dir / HISTORY_CSV).unlink()        # a run from step 0 gets a fresh history
@@ -789,18 +803,21 @@ class Trainer:
 
         bar = tqdm(total=self.stop_at, initial=state.step, desc="training", unit="step", file=sys.stderr,
                    disable=not self.procs.is_main, dynamic_ncols=True, mininterval=1.0)
-        budget_s = None if cfg.max_minutes is None else cfg.max_minutes * 60
-        loss_sum, loss_count, lr = 0.0, 0, learning_rate_at(state.step, cfg)
+        loss_sum, loss_count, lr = 0.0, 0, learning_rate_at(state.step, cfg, state.horizon)
+        self.loop_start = time.monotonic()
         step_time = None                  # moving average, seconds per step (the first step is slow)
         reason = "done"
         self.model.train()
         try:
             with StopRequest(say, self.procs.distributed) as stop:
-                while state.step < self.stop_at:
+                while state.step < min(self.stop_at, state.horizon):
                     t_step = time.monotonic()
-                    lr = learning_rate_at(state.step, cfg)
+                    if budget_s is not None and (state.step - self.loop_first_step) % FIT_EVERY == FIT_EVERY - 1:
+                        self.fit_horizon(budget_s)
+                        bar.total = min(self.stop_at, state.horizon)
+                    lr = learning_rate_at(state.step, cfg, state.horizon)
                     wants_stop = stop.signum is not None or (
-                        budget_s is not None and time.monotonic() - self.t_start >= budget_s)
+                        budget_s is not None and self.minutes_so_far() * 60 >= budget_s)
                     loss, stop_votes = self.train_step(train_model, lr, wants_stop)
                     state.step += 1
                     loss_sum, loss_count = loss_sum + loss, loss_count + 1
@@ -813,7 +830,7 @@ class Trainer:
                     if stop_votes:
                         reason = "interrupted" if stop.signum is not None else "time"
                         break
-                    if state.step % cfg.eval_interval == 0 and state.step < self.stop_at:
+                    if state.step % cfg.eval_interval == 0 and state.step < min(self.stop_at, state.horizon):
                         self.evaluate_and_save(loss_sum / loss_count, lr)
                         loss_sum, loss_count = 0.0, 0
         except LossNotFinite as e:
@@ -827,8 +844,9 @@ class Trainer:
             self.save_latest()
             say(f"stopped at step {state.step}; saved {self.latest_path} — run train.py again to resume")
             return 128 + stop.signum
-        if reason == "time":
-            say(f"--max-minutes {cfg.max_minutes} reached at step {state.step}")
+        if reason == "time" or (budget_s is not None and state.step < min(self.stop_at, cfg.max_iters)):
+            say(f"--max-minutes {cfg.max_minutes:g} reached at step {state.step} (the learning-rate schedule "
+                f"was fitted to end there)")
         if state.saved_step != state.step:
             self.evaluate_and_save(loss_sum / loss_count if loss_count else None, lr)
         self.final_evaluation(lr)
@@ -871,6 +889,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss, stop_votes > 0
 
+    def fit_horizon(self, budget_s: float) -> None:
+        """Move the end of the schedule to the step this run will reach when its time runs out, so a
+        time-limited run ends with its learning rate decayed, not cut off mid-curve. The rate is
+        measured over this run (evaluations included); time for the final full evaluation is set
+        aside. All processes take the same value, since they must use the same learning rate."""
+        steps = self.state.step - self.loop_first_step
+        elapsed = time.monotonic() - self.loop_start
+        if steps == 0 and self.previous_minutes > 0:     # resuming: the earlier runs' pace
+            steps, elapsed = self.state.step, self.previous_minutes * 60
+        # The final pass scores the whole split; until one windows-evaluation has been timed,
+        # keep 3% of the budget for it.
+        reserve = self.final_eval_s if self.final_eval_s is not None else 0.03 * budget_s
+        remaining = budget_s - self.minutes_so_far() * 60 - reserve
+        reachable = self.state.step + max(1, int(steps / elapsed * remaining)) if steps and elapsed > 0 else None
+        horizon = self.cfg.max_iters if reachable is None else min(self.cfg.max_iters, reachable)
+        [total] = all_reduce_sum([float(horizon)], self.procs, self.device)
+        self.state.horizon = max(self.state.step + 1, int(total / self.procs.world_size))
+
     def minutes_so_far(self) -> float:
         """Wall time of every run that led to this state, this one included."""
         return self.previous_minutes + (time.monotonic() - self.t_start) / 60
@@ -892,8 +928,12 @@ class Trainer:
         """Validation on the fixed windows, one line of figures, a history row, weights-latest.pth,
         and weights-best.pth when nats/char improved."""
         state = self.state
+        t_eval = time.monotonic()
         result = evaluate(self.model, self.val_ids, self.val_windows, self.chars, self.device, self.amp_dtype,
                           self.cfg.batch_size, self.procs)
+        # The final pass scores every validation token; scale this evaluation's time to estimate it.
+        scale = len(self.val_ids) / max(1, len(self.val_windows) * self.cfg.block_size)
+        self.final_eval_s = (time.monotonic() - t_eval) * scale * 1.2 + 2
         if not math.isfinite(result.nll):
             raise LossNotFinite(f"validation loss became {result.nll} at step {state.step}")
         improved = state.best_val is None or result.nats_per_char < state.best_val
