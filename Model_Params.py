@@ -6,7 +6,7 @@ carries its own shape inside its checkpoint.
 """
 
 # --- tokenizer -------------------------------------------------------------------------------
-vocab_size = 2048          # tokens in the BPE vocabulary: 256 byte tokens + (vocab_size - 256) merges
+vocab_size = 4096          # tokens in the BPE vocabulary: 256 byte tokens + (vocab_size - 256) merges
 
 # --- model shape -----------------------------------------------------------------------------
 block_size = 128           # context length: how many tokens the model sees at once

@@ -1,24 +1,42 @@
 """Learn the BPE tokenizer from a text and save it: the first step of the pipeline.
 
-    python init.py [--input PATH] [--vocab-size N] [--out DIR]
+    python init.py [--input PATH] [--vocab-size N] [--out DIR] [--sample-bytes N]
 
-Defaults: Train_Data/input.txt, Model_Params.vocab_size, tokenizer_save/. Progress and the summary
-go to stderr. The new tokenizer is written into a temporary folder beside DIR and swapped in only
-when complete, so a failed run leaves an existing DIR untouched.
+Defaults: Train_Data/input.txt, Model_Params.vocab_size, tokenizer_save/, a 100 MB sample.
+Progress and the summary go to stderr. The new tokenizer is written into a temporary folder
+beside DIR and swapped in only when complete, so a failed run leaves an existing DIR untouched.
+
+The text is never held as one string: it is read a piece at a time and only the counts of its
+distinct chunks are kept. A file larger than --sample-bytes is learned from a sample of that size,
+taken as 1 MB windows spread evenly over the file.
 """
 
 import argparse
+import importlib
+import math
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+from itertools import chain
 from pathlib import Path
 
-import Model_Params
-from tokenizer import MAX_VOCAB, NUM_BYTES, Tokenizer, TokenizerError
+from tqdm import tqdm
+
+from tokenizer import (MAX_VOCAB, NUM_BYTES, Tokenizer, TokenizerError, count_chunks, read_pieces,
+                       safe_cuts)
 
 REPO = Path(__file__).resolve().parent
+
+# The default sample. The merges of a vocabulary of a few thousand tokens are settled by the
+# commonest pairs, which 100 MB of text pins down; reading it takes about 20 s here (chunk counting
+# runs at ~5 MB/s on one core), and the counts of its distinct chunks stay far below 1 GB.
+DEFAULT_SAMPLE_BYTES = 100_000_000
+SAMPLE_WINDOW_BYTES = 1 << 20   # the sample is made of windows this size, spread over the file
+_SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)b?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
 
 
 class UserError(Exception):
@@ -32,15 +50,35 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see python init.py --help)")
 
 
+def default_vocab_size() -> int:
+    """Model_Params.vocab_size; a hand edit that breaks Model_Params.py is a UserError, not a traceback."""
+    try:
+        params = importlib.import_module("Model_Params")
+    except Exception as e:                       # SyntaxError, NameError, ... in a hand-edited file
+        raise UserError(f"Model_Params.py cannot be read ({type(e).__name__}: {e}) — fix the edit or "
+                        f"restore it with `git checkout Model_Params.py`") from None
+    value = getattr(params, "vocab_size", None)
+    if value is None:
+        raise UserError("Model_Params.py lacks vocab_size — restore it with `git checkout Model_Params.py`")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"Model_Params.py: vocab_size = {value!r} must be a whole number")
+    return value
+
+
 def parse_args(argv):
+    vocab_size = default_vocab_size()
     parser = _Parser(description="Learn the BPE tokenizer from a text and save it.")
     parser.add_argument("--input", default=str(REPO / "Train_Data" / "input.txt"),
                         help="UTF-8 text to learn from (default: Train_Data/input.txt)")
-    parser.add_argument("--vocab-size", default=str(Model_Params.vocab_size),
+    parser.add_argument("--vocab-size", default=str(vocab_size),
                         help=f"tokens in the vocabulary, at least {NUM_BYTES} "
-                             f"(default: Model_Params.vocab_size = {Model_Params.vocab_size})")
+                             f"(default: Model_Params.vocab_size = {vocab_size})")
     parser.add_argument("--out", default=str(REPO / "tokenizer_save"),
                         help="folder to save the tokenizer in (default: tokenizer_save/)")
+    parser.add_argument("--sample-bytes", default=str(DEFAULT_SAMPLE_BYTES),
+                        help="learn from at most this much of the input, in 1 MB windows spread "
+                             "over it; k, M, G suffixes allowed, e.g. 500M (default: 100M; the "
+                             "whole file when smaller)")
     return parser.parse_args(argv)
 
 
@@ -57,23 +95,57 @@ def parse_vocab_size(value: str) -> int:
     return size
 
 
-def read_text(path: Path) -> str:
-    """The whole file as text; missing, empty or non-UTF-8 files are user errors."""
+def parse_sample_bytes(value: str) -> int:
+    """"100000000", "100M", "500 MB", "2G" -> bytes (k, M, G are powers of 1000)."""
+    match = _SIZE_RE.fullmatch(value.strip())
+    if not match:
+        raise UserError(f"--sample-bytes must be a number of bytes, optionally with k, M or G "
+                        f"(e.g. 200M), got {value!r}")
+    size = int(match[1]) * _SIZE_UNITS[match[2].lower()]
+    if size < 1:
+        raise UserError("--sample-bytes must be at least 1")
+    return size
+
+
+def input_size(path: Path) -> int:
+    """The input's size in bytes; missing, unreadable or empty files are user errors."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.read(1)  # readable, not just present
     except FileNotFoundError:
         raise UserError(f"input file {path} not found") from None
     except IsADirectoryError:
         raise UserError(f"input {path} is a folder, not a text file") from None
     except OSError as e:
         raise UserError(f"cannot read input file {path} ({e.strerror})") from None
-    if not data:
+    if size == 0:
         raise UserError(f"input file {path} is empty — nothing to learn from")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"input file {path} is not valid UTF-8: bad byte 0x{data[e.start]:02X} "
-                        f"at byte offset {e.start}") from None
+    return size
+
+
+def sample_ranges(path: Path, size: int, sample_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of the file to learn from, each starting and ending at a safe cut.
+
+    A file of at most sample_bytes is covered whole, by consecutive ranges. A larger one gives
+    about sample_bytes in windows of about SAMPLE_WINDOW_BYTES spread evenly over it, so every
+    part of the file (a corpus is often sorted by source or date) has its say.
+    """
+    taken = min(size, sample_bytes)
+    windows = math.ceil(taken / SAMPLE_WINDOW_BYTES)
+    # Window i spans [i*size/windows, (i*size + taken)/windows): when taken == size, each one ends
+    # where the next begins, and the cuts found from equal offsets are equal.
+    offsets = chain.from_iterable((i * size // windows, (i * size + taken) // windows)
+                                  for i in range(windows))
+    cuts = safe_cuts(path, offsets)
+    return [(start, end) for start, end in zip(cuts[::2], cuts[1::2]) if start < end]
+
+
+def read_sample(path: Path, ranges, bar):
+    """Yield the text of the ranges a piece at a time (see tokenizer.read_pieces)."""
+    for start, end in ranges:
+        yield from read_pieces(path, start, end)
+        bar.update(end - start)
 
 
 def sample_line(text: str, max_chars: int = 80) -> str:
@@ -118,29 +190,46 @@ def save_swapped(tok: Tokenizer, out: Path) -> None:
 def run(argv) -> None:
     args = parse_args(argv)
     vocab_size = parse_vocab_size(args.vocab_size)
+    sample_bytes = parse_sample_bytes(args.sample_bytes)
     input_path, out = Path(args.input), Path(args.out)
-    text = read_text(input_path)
+    size = input_size(input_path)
     check_out(out)
 
     start = time.perf_counter()
+    try:
+        ranges = sample_ranges(input_path, size, sample_bytes)
+        sampled = sum(end - begin for begin, end in ranges)
+        # delay: a bar only when reading takes a while, not for a small file
+        with tqdm(total=sampled, unit="B", unit_scale=True, desc="reading", file=sys.stderr,
+                  delay=0.5) as bar:
+            chunk_counts = count_chunks(read_sample(input_path, ranges, bar))
+        first_piece = next(read_pieces(input_path, *ranges[0]), "")
+    except OSError as e:
+        raise UserError(f"cannot read input file {input_path} ({e.strerror or e})") from None
     tok = Tokenizer()
-    tok.train(text, vocab_size, progress=True)
+    tok.train_from_chunk_counts(chunk_counts, vocab_size, progress=True)
     train_seconds = time.perf_counter() - start
     if tok.vocab_size < vocab_size:
         print(f"warning: no pair left to merge in {input_path}; stopped at vocab size "
               f"{tok.vocab_size} instead of {vocab_size}", file=sys.stderr)
 
-    num_tokens = len(tok.encode(text))
+    # chars per token of the text read (the sample, for a large file), from the chunk counts:
+    # the same figure as encoding that text, encoding each distinct chunk once.
+    num_tokens = tok.count_tokens(chunk_counts)
+    num_chars = sum(len(chunk) * n for chunk, n in chunk_counts.items())
+    where = (f"{input_path}" if sampled == size else
+             f"a {sampled:,}-byte sample of {input_path} ({len(ranges)} "
+             f"{'window' if len(ranges) == 1 else 'windows'} over its {size:,} bytes)")
     try:
         save_swapped(tok, out)
     except OSError as e:
         raise UserError(f"cannot save the tokenizer in {out}/ ({e.strerror or e})") from None
-    line = sample_line(text)
+    line = sample_line(first_piece)
     summary = [
         f"vocab size:      {tok.vocab_size}",
         f"merges learned:  {len(tok.merges)}",
-        f"chars per token: {len(text) / num_tokens:.2f} on {input_path} "
-        f"({len(text):,} chars -> {num_tokens:,} tokens)",
+        f"chars per token: {num_chars / num_tokens:.2f} on {where} "
+        f"({num_chars:,} chars -> {num_tokens:,} tokens)",
         f"time taken:      {train_seconds:.2f} s training, "
         f"{time.perf_counter() - start:.2f} s in all",
         f"sample line:     {line}",

@@ -27,17 +27,26 @@ Token text: a token whose bytes are valid UTF-8 is written as that text. Any oth
 byte such as 0xE2, part of a multi-byte character) is written as one `<0xHH>` per byte, e.g.
 "<0xE2><0x80>". A token whose real text starts with "<0x" is also written the escaped way, so a
 string starting with "<0x" always means escaped bytes and the form is lossless and unambiguous.
+
+Files larger than memory: `read_pieces` decodes a UTF-8 file a piece at a time, each piece ending
+where a chunk must end, so chunking the pieces one by one gives the chunks of the whole file.
+`count_chunks` turns such pieces into chunk counts and `Tokenizer.train_from_chunk_counts` learns
+from the counts (`train` is the same learner on one string). `Tokenizer.encode_file` encodes a
+file on several processes, cut at `safe_cuts`, and yields the ids in order as compact arrays.
 """
 
 import hashlib
 import json
+import multiprocessing
 import operator
 import os
+import queue
 import re
+import signal
 import sys
+from array import array
 from collections import Counter, defaultdict
 from heapq import heapify, heappop, heappush, heapreplace
-from itertools import chain
 from pathlib import Path
 
 from tqdm import tqdm
@@ -65,9 +74,19 @@ SPLIT_RE = re.compile(SPLIT_PATTERN)
 # exactly the chunks of the whole text.
 _BLOCK_CHARS = 1 << 20
 _BLOCK_END_RE = re.compile(r"\S(?=\s)")
+_LAST_BLOCK_END_RE = re.compile(r".*\S(?=\s)", re.DOTALL)  # greedy: matches up to the last one
 
-# encode() remembers the ids of the distinct chunks it meets during one call; past this many it
-# starts afresh, so encoding a huge text cannot grow the cache without bound.
+# Files are read PIECE_BYTES at a time. safe_cuts looks for a block end in windows of _SCAN_BYTES;
+# consecutive windows overlap by _SCAN_OVERLAP bytes, enough to hold a non-space character and
+# the whitespace after it (at most 4 + 3 bytes of UTF-8), so no block end falls between them.
+PIECE_BYTES = 1 << 20
+_RANGE_BYTES = 4 << 20   # encode_file hands out the file in ranges this size (their ids move as one array)
+_SCAN_BYTES = 1 << 16
+_SCAN_OVERLAP = 8
+
+# encode() remembers the ids of the distinct chunks it meets during one call (encode_file: during
+# one process's share of the file); past this many it starts afresh, so encoding a huge text
+# cannot grow the cache without bound.
 _CACHE_LIMIT = 200_000
 
 _ESCAPE_PREFIX = "<0x"
@@ -119,10 +138,108 @@ def _as_token_str(chunk: str) -> str:
     return chunk.encode("utf-8").decode("latin-1")
 
 
+def count_chunks(pieces) -> Counter:
+    """How often each chunk occurs in an iterable of texts, read a block at a time.
+
+    Pieces from `read_pieces` end where a chunk must end, so the counts over the pieces of a file
+    are the counts of the whole file as one string."""
+    counts = Counter()
+    for piece in pieces:
+        for chunks in chunk_blocks(piece):
+            counts.update(chunks)
+    return counts
+
+
+# --- files larger than memory -----------------------------------------------------------------
+
+def read_pieces(path, start: int = 0, end: int | None = None, piece_bytes: int = PIECE_BYTES):
+    """Yield the text of bytes [start, end) of a UTF-8 file in pieces of about piece_bytes.
+
+    Never holds more than a piece (and what a block end is waiting for) in memory. Each piece but
+    the last ends at a block end (see chunk_blocks), so chunking the pieces one by one gives the
+    chunks of the whole range; start and end should be 0, the file's size or `safe_cuts`, so the
+    range's chunks are also the file's. Bytes that are not UTF-8 raise TokenizerError with their
+    offset in the file.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        end = size if end is None else min(end, size)
+        f.seek(start)
+        offset = start   # where in the file `data` below begins
+        tail = b""       # the bytes of a character the last read cut in two
+        carry = ""       # decoded text after the last block end: what follows decides its chunks
+        while True:
+            data = tail + f.read(max(0, min(piece_bytes, end - f.tell())))
+            at_end = f.tell() >= end
+            cut = len(data) if at_end else _character_boundary(data)
+            try:
+                text = carry + data[:cut].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _utf8_error(path, offset + e.start, data[e.start]) from None
+            offset, tail = offset + cut, data[cut:]
+            if at_end:
+                if text:
+                    yield text
+                return
+            last = _LAST_BLOCK_END_RE.match(text)
+            split = last.end() if last else 0   # a text with no block end waits for more
+            carry = text[split:]
+            if split:
+                yield text[:split]
+
+
+def _character_boundary(data: bytes) -> int:
+    """An index in data that no UTF-8 character straddles: before the last character when the
+    data ends with a lead byte or continuation bytes (that character may be incomplete)."""
+    cut = len(data)
+    while cut > 0 and len(data) - cut < 3 and data[cut - 1] & 0xC0 == 0x80:  # 10xxxxxx
+        cut -= 1
+    if cut > 0 and data[cut - 1] >= 0xC0:  # 11xxxxxx: the lead byte of a multi-byte character
+        cut -= 1
+    return cut
+
+
+def _utf8_error(path, offset: int, bad: int) -> "TokenizerError":
+    return TokenizerError(f"input file {path} is not valid UTF-8: bad byte 0x{bad:02X} "
+                          f"at byte offset {offset}")
+
+
+def safe_cuts(path, offsets) -> list[int]:
+    """For each byte offset into a file, a place at or after it where the file can be cut into
+    parts that chunk independently: just after a non-space character that whitespace follows
+    (a block end), or the end of the file. Offset 0 stays 0. Reads a few KB per offset."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        return [_next_cut(f, offset, size) for offset in offsets]
+
+
+def _next_cut(f, offset: int, size: int) -> int:
+    if offset <= 0:
+        return 0
+    pos = offset
+    while pos < size:
+        f.seek(pos)
+        data = f.read(_SCAN_BYTES)
+        skip = 0  # start on a character: skip the continuation bytes (10xxxxxx) of the one before
+        while skip < min(3, len(data)) and data[skip] & 0xC0 == 0x80:
+            skip += 1
+        # Bytes that are not UTF-8 become lone surrogates here, which keeps the offsets right;
+        # they are reported when the pieces are read.
+        text = data[skip:].decode("utf-8", "surrogateescape")
+        found = _BLOCK_END_RE.search(text)
+        if found:
+            return pos + skip + len(text[:found.end()].encode("utf-8", "surrogateescape"))
+        if len(data) < _SCAN_BYTES:
+            break  # read to the end of the file without finding one
+        pos += len(data) - _SCAN_OVERLAP
+    return size
+
+
 # --- training ---------------------------------------------------------------------------------
 
 def _learn_merges(chunk_freq: Counter, num_merges: int, bar=None) -> list[tuple[int, int]]:
-    """The BPE training loop over distinct chunks and their frequencies (see Tokenizer.train)."""
+    """The BPE training loop over distinct chunks and their frequencies (see Tokenizer.train).
+    Raises UnicodeEncodeError when a chunk holds a lone surrogate."""
     words = [_as_token_str(chunk) for chunk in chunk_freq]   # each distinct chunk once ...
     freqs = list(chunk_freq.values())                        # ... with how often it occurs
 
@@ -234,6 +351,14 @@ class Tokenizer:
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint()!r})"
 
+    # Pickled (e.g. for encode_file's worker processes where they are spawned), a tokenizer is
+    # its merges alone: they say everything, and the tables are quick to rebuild from them.
+    def __getstate__(self) -> dict:
+        return {"merges": self._merges}
+
+    def __setstate__(self, state: dict) -> None:
+        self._set_merges(state["merges"])
+
     # --- training ---------------------------------------------------------------------------
 
     def train(self, text: str, vocab_size: int, progress: bool = False) -> None:
@@ -249,20 +374,28 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"train expects a str, got {type(text).__name__}")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) \
-                or not NUM_BYTES <= vocab_size <= MAX_VOCAB:
-            raise ValueError(f"vocab_size must be an integer from {NUM_BYTES} to {MAX_VOCAB}, "
-                             f"got {vocab_size!r}")
-        chunk_freq = Counter()
-        for chunks in chunk_blocks(text):
-            chunk_freq.update(chunks)
+        _check_vocab_size(vocab_size)
+        if _SURROGATE_RE.search(text):  # say where in the text, before any work
+            raise _surrogate_error(text)
+        self.train_from_chunk_counts(count_chunks([text]), vocab_size, progress)
+
+    def train_from_chunk_counts(self, chunk_freq: Counter, vocab_size: int,
+                                progress: bool = False) -> None:
+        """Learn merges from chunk -> count (see `count_chunks`), as `train` does from a text.
+
+        This is how a file larger than memory is learned: count its chunks piece by piece (or
+        those of a sample of it), then learn from the counts, which grow with the number of
+        distinct chunks rather than with the text.
+        """
+        _check_vocab_size(vocab_size)
         num_merges = vocab_size - NUM_BYTES
         try:
             with tqdm(total=num_merges, unit="merge", desc="merges", file=sys.stderr,
                       disable=not progress) as bar:
                 merges = _learn_merges(chunk_freq, num_merges, bar)
         except UnicodeEncodeError:
-            raise _surrogate_error(text) from None
+            bad = next(chunk for chunk in chunk_freq if _SURROGATE_RE.search(chunk))
+            raise _surrogate_error(bad) from None
         self._set_merges(merges)
 
     # --- encoding and decoding --------------------------------------------------------------
@@ -301,22 +434,99 @@ class Tokenizer:
                 k = tokens.find(new, k + 1)
         return tuple(map(ord, tokens))
 
+    @property
+    def typecode(self) -> str:
+        """The array typecode that holds any of this vocabulary's ids: "H" (2 bytes) while the
+        vocabulary has at most 65,536 tokens, else "I" (4 bytes)."""
+        return "H" if self.vocab_size <= 1 << 16 else "I"
+
+    def _encode_blocks(self, pieces, cache: dict[str, bytes]):
+        """Yield the ids of the pieces' text, a block at a time (see chunk_blocks), as the bytes
+        of an array of self.typecode. cache maps chunk -> the bytes of its ids: most chunks
+        repeat, and joining bytes is much faster than building a list of ints."""
+        typecode = self.typecode
+        for piece in pieces:
+            for chunks in chunk_blocks(piece):
+                if len(cache) > _CACHE_LIMIT:
+                    cache.clear()
+                for chunk in set(chunks).difference(cache):
+                    cache[chunk] = array(typecode, self._encode_chunk(chunk)).tobytes()
+                yield b"".join(map(cache.__getitem__, chunks))
+
     def encode(self, text: str) -> list[int]:
         """Text -> token ids; decode(encode(text)) == text for every str (lone surrogates aside)."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        ids: list[int] = []
-        cache: dict[str, tuple[int, ...]] = {}  # chunk -> ids; most chunks repeat
+        ids = array(self.typecode)
         try:
-            for chunks in chunk_blocks(text):
-                if len(cache) > _CACHE_LIMIT:
-                    cache.clear()
-                for chunk in set(chunks).difference(cache):
-                    cache[chunk] = self._encode_chunk(chunk)
-                ids += chain.from_iterable(map(cache.__getitem__, chunks))
+            for block in self._encode_blocks([text], {}):
+                ids.frombytes(block)
         except UnicodeEncodeError:
             raise _surrogate_error(text) from None
-        return ids
+        return ids.tolist()
+
+    def count_tokens(self, chunk_freq: Counter) -> int:
+        """How many tokens a text with these chunk counts encodes to, encoding each distinct chunk
+        once: for count_chunks([text]) it is len(encode(text)), at a fraction of the work."""
+        return sum(n * len(self._encode_chunk(chunk)) for chunk, n in chunk_freq.items())
+
+    def encode_ranges(self, path, ranges):
+        """Yield the ids of each byte range [start, end) of a UTF-8 file (see read_pieces) as an
+        array of self.typecode. One chunk cache serves all the ranges."""
+        cache: dict[str, bytes] = {}
+        for start, end in ranges:
+            ids = array(self.typecode)
+            for block in self._encode_blocks(read_pieces(path, start, end), cache):
+                ids.frombytes(block)
+            yield ids
+
+    def encode_file(self, path, workers: int = 1, range_bytes: int | None = None,
+                    progress: bool = False):
+        """Yield the ids of a UTF-8 file as arrays of self.typecode, in file order, one per range
+        of about range_bytes (default 4 MB), encoded on `workers` processes.
+
+        Joined, the arrays equal encode(whole text): the ranges start and end at safe_cuts.
+        Memory stays bounded whatever the file's size: a worker holds a piece of text, its chunk
+        cache and at most three ranges' ids. Bytes that are not UTF-8 raise TokenizerError with
+        their offset (the first bad range in file order).
+        """
+        size = os.stat(path).st_size
+        if range_bytes is None:
+            range_bytes = min(_RANGE_BYTES, max(1, -(-size // workers)))  # a range per worker at least
+        cuts = sorted(set(safe_cuts(path, range(0, size, range_bytes)) + [size]))
+        ranges = list(zip(cuts, cuts[1:]))
+        workers = max(1, min(workers, len(ranges)))
+        with tqdm(total=size, unit="B", unit_scale=True, desc="tokenizing", file=sys.stderr,
+                  disable=not progress) as bar:
+            if workers == 1:
+                parts = self.encode_ranges(path, ranges)  # in this process
+            else:
+                parts = self._encode_in_processes(path, ranges, workers)
+            for (start, end), ids in zip(ranges, parts):
+                yield ids
+                bar.update(end - start)
+
+    def _encode_in_processes(self, path, ranges, workers: int):
+        """encode_ranges(path, ranges) on `workers` processes. Worker k takes ranges k, k + workers,
+        k + 2 × workers, ... (so its chunk cache stays warm) and hands each array over through a
+        queue of its own holding at most two, so taking from the queues in turn gives the arrays in
+        file order while the workers run ahead by at most two ranges each."""
+        context = _worker_context()
+        queues = [context.Queue(maxsize=2) for _ in range(workers)]
+        processes = [context.Process(target=_encode_stripe, daemon=True,
+                                     args=(self, path, ranges[k::workers], queues[k]))
+                     for k in range(workers)]
+        for process in processes:
+            process.start()
+        try:
+            for i in range(len(ranges)):
+                yield _receive(queues[i % workers], processes[i % workers])
+        finally:
+            # Done, failed, or the caller stopped early: the workers have nothing more to do.
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.join()
 
     def decode_bytes(self, ids) -> bytes:
         """Token ids -> the bytes they stand for (may end inside a UTF-8 character)."""
@@ -420,6 +630,51 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _check_vocab_size(vocab_size) -> None:
+    if not _is_int(vocab_size) or not NUM_BYTES <= vocab_size <= MAX_VOCAB:
+        raise ValueError(f"vocab_size must be an integer from {NUM_BYTES} to {MAX_VOCAB}, "
+                         f"got {vocab_size!r}")
+
+
+def _encode_stripe(tok: "Tokenizer", path, ranges, out) -> None:
+    """A worker process of encode_file: encode ranges in order, putting ("ids", array) for each,
+    or ("error", exception) on failure, into the queue out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends us
+    try:
+        for ids in tok.encode_ranges(path, ranges):
+            out.put(("ids", ids))
+    except Exception as e:  # e.g. invalid UTF-8: the parent raises it
+        out.put(("error", e))
+
+
+def _receive(source, process) -> array:
+    """The next array a worker process puts into source; raise what it raised, or TokenizerError
+    if it died without a word (killed, e.g. for lack of memory)."""
+    while True:
+        try:
+            kind, value = source.get(timeout=1)
+            break
+        except queue.Empty:
+            if not process.is_alive():
+                try:  # it may have put its last array just before ending
+                    kind, value = source.get(timeout=1)
+                    break
+                except queue.Empty:
+                    raise TokenizerError(f"a tokenizing process ended abruptly (exit code "
+                                         f"{process.exitcode}; out of memory?) — try fewer "
+                                         f"worker processes") from None
+    if kind == "error":
+        raise value
+    return value
+
+
+def _worker_context():
+    """How encode_file starts its processes. fork starts one in milliseconds with the tokenizer
+    module already loaded, and the workers only run this module's pure-Python code; elsewhere
+    (macOS, Windows) spawn, which re-imports the main script in each worker."""
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
 def _is_token_id(x, vocab_size: int) -> bool:
     """Whether x can index the vocabulary (ints, and numpy or torch integers, from 0)."""
     try:
@@ -428,8 +683,11 @@ def _is_token_id(x, vocab_size: int) -> bool:
         return False
 
 
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+
+
 def _surrogate_error(text: str) -> TokenizerError:
-    pos = re.search(r"[\ud800-\udfff]", text).start()
+    pos = _SURROGATE_RE.search(text).start()
     return TokenizerError(f"the text has a lone surrogate (U+{ord(text[pos]):04X}) at index "
                           f"{pos}; it is not valid Unicode and has no UTF-8 bytes")
 

@@ -16,7 +16,8 @@ What happens, in order:
      when max_minutes would run out first, at the step the run will reach by then: the end of
      the schedule is re-fitted every few steps to the measured pace);
   5. every eval_interval steps: validation on a fixed set of windows, one line of figures,
-     a row in loss_history.csv, weights-latest.pth, and weights-best.pth when validation improved;
+     weights-best.pth when validation improved, a row in loss_history.csv, and last weights-latest.pth
+     (so a run killed at any moment resumes from a complete evaluation and redoes the rest exactly);
   6. at the end (max_iters, --max-iters, or the max_minutes budget): a last checkpoint and a full pass over
      the whole validation split.
 
@@ -34,11 +35,13 @@ import argparse
 import contextlib
 import csv
 import hashlib
+import importlib
 import inspect
 import math
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -52,7 +55,6 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import Model_Params
 from Model import (CHECKPOINT_FORMAT_VERSION, CheckpointError, ModelConfig, Transformer, autocast_dtype,
                    check_tokenizer_fingerprint, configure_optimizer, load_checkpoint, pick_device)
 from tokenizer import Tokenizer, TokenizerError
@@ -61,11 +63,19 @@ REPO = Path(__file__).resolve().parent
 LATEST, BEST = "weights-latest.pth", "weights-best.pth"
 HISTORY_CSV, HISTORY_PNG = "loss_history.csv", "loss.png"
 FIT_EVERY = 25            # steps between re-fits of the schedule to the time budget
+HASH_BLOCK_BYTES = 1 << 24  # the input is hashed this much at a time
+NPY_HEADER_BYTES = 128     # the token cache's .npy header, fixed so it can be rewritten in place
 HISTORY_COLUMNS = ("step", "minutes", "lr", "train_loss", "val_loss_per_token", "val_nats_per_char",
                    "val_bits_per_char", "val_tokens", "val_chars", "eval")
 # What a checkpoint's weights depend on (dropout is a model setting too, but may change on resume).
 SHAPE_NAMES = ("vocab_size", "block_size", "emb_len", "num_layers", "num_heads")
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The settings this script reads from Model_Params.py, and their kind (a float setting may be written
+# as a whole number). Checked on start, so a hand edit that breaks one is a one-line error.
+NEEDED_PARAMS = {"vocab_size": int, "block_size": int, "emb_len": int, "num_layers": int, "num_heads": int,
+                 "dropout": float, "batch_size": int, "grad_accum_steps": int, "learning_rate": float,
+                 "min_lr": float, "warmup_iters": int, "max_iters": int, "max_minutes": float,
+                 "weight_decay": float, "grad_clip": float, "eval_interval": int, "eval_windows": int}
 
 
 class UserError(Exception):
@@ -74,17 +84,37 @@ class UserError(Exception):
 
 # ───────────────────────────────────────── settings ──────────────────────────────────────────────
 
+def model_params():
+    """The Model_Params module; a hand edit that breaks it is a UserError, not a traceback."""
+    try:
+        return importlib.import_module("Model_Params")
+    except Exception as e:                       # SyntaxError, NameError, ... in a hand-edited file
+        raise UserError(f"Model_Params.py cannot be read ({type(e).__name__}: {e}) — fix the edit or "
+                        f"restore it with `git checkout Model_Params.py`") from None
+
+
 def param_defaults() -> dict:
-    """Every hyperparameter in Model_Params.py: name -> default value (int, float, bool or str)."""
-    return {name: value for name, value in vars(Model_Params).items()
-            if not name.startswith("_") and isinstance(value, (bool, int, float, str))}
+    """Every hyperparameter in Model_Params.py: name -> default value (int, float, bool or str).
+    The settings train.py needs (NEEDED_PARAMS) must be there, with a value of their kind."""
+    params = model_params()
+    missing = [name for name in NEEDED_PARAMS if not hasattr(params, name)]
+    if missing:
+        raise UserError(f"Model_Params.py lacks {', '.join(missing)} — restore it with `git checkout Model_Params.py`")
+    for name, kind in NEEDED_PARAMS.items():
+        value = getattr(params, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            raise UserError(f"Model_Params.py: {name} = {value!r} must be "
+                            f"{'a number' if kind is float else 'a whole number'}")
+    defaults = {name: value for name, value in vars(params).items()
+                if not name.startswith("_") and isinstance(value, (bool, int, float, str))}
+    return {**defaults, **{name: float(defaults[name]) for name, kind in NEEDED_PARAMS.items() if kind is float}}
 
 
 def param_help() -> dict:
     """name -> (section title, comment), read from Model_Params.py's source so --help explains
     each setting in the same words as the file. Decoration only: {} if the source is unavailable."""
     try:
-        source = inspect.getsource(Model_Params)
+        source = inspect.getsource(model_params())
     except (OSError, TypeError):
         return {}
     section, found = "hyperparameters", {}
@@ -157,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true",
                      help="start from step 0, ignoring (and in time replacing) the checkpoints in --weights-dir")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    run.add_argument("--workers", type=value_parser(0), default=None, metavar="N",
+                     help="processes that tokenize the input when its ids are not cached yet (default: all cores)")
 
     helps = param_help()
     groups = {}
@@ -199,6 +231,8 @@ def parse_settings(argv) -> argparse.Namespace:
                             f"{cfg.max_iters}); to train longer pass --max_iters {cfg.stop_at}")
     if cfg.max_minutes < 0:
         raise UserError(f"--max_minutes must not be negative, got {cfg.max_minutes}")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {cfg.workers}")
     return cfg
 
 
@@ -261,77 +295,121 @@ def all_reduce_sum(values: list[float], procs: Processes, device: torch.device) 
 
 # ─────────────────────────────────────────── data ────────────────────────────────────────────────
 
-def read_input(path: Path) -> bytes:
-    """The input file's bytes, checked to be UTF-8 text."""
+def data_fingerprint(input_path: Path, tokenizer: Tokenizer) -> str:
+    """Identity of the token stream: the input's bytes and the vocabulary that splits them. The file
+    is hashed a block at a time, so its size does not matter."""
+    h = hashlib.sha256()
     try:
-        data = path.read_bytes()
+        with open(input_path, "rb") as f:
+            while block := f.read(HASH_BLOCK_BYTES):
+                h.update(block)
     except FileNotFoundError:
-        raise UserError(f"input file {path} not found — pass --input PATH") from None
+        raise UserError(f"input file {input_path} not found — pass --input PATH") from None
     except IsADirectoryError:
-        raise UserError(f"input {path} is a folder, not a text file") from None
+        raise UserError(f"input {input_path} is a folder, not a text file") from None
     except OSError as e:
-        raise UserError(f"cannot read input file {path} ({e.strerror})") from None
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"input file {path} is not valid UTF-8: bad byte 0x{data[e.start]:02X} "
-                        f"at byte offset {e.start}") from None
-    return data
-
-
-def data_fingerprint(text: bytes, tokenizer: Tokenizer) -> str:
-    """Identity of the token stream: the text and the vocabulary that splits it."""
-    h = hashlib.sha256(text)
+        raise UserError(f"cannot read input file {input_path} ({e.strerror})") from None
     h.update(b"\0" + tokenizer.fingerprint().encode())
     return h.hexdigest()[:16]
 
 
-def cache_path_for(input_path: Path, text: bytes, tokenizer: Tokenizer) -> Path:
-    """Where the ids of this text under this tokenizer are cached. The key also hashes tokenizer.py's
-    source: a fixed encoder bug must not leave stale ids behind under the same vocabulary."""
-    h = hashlib.sha256(data_fingerprint(text, tokenizer).encode())
+def cache_path_for(input_path: Path, data_fp: str) -> Path:
+    """Where the ids of this text under this tokenizer (data_fp) are cached. The key also hashes
+    tokenizer.py's source: a fixed encoder bug must not leave stale ids behind under the same vocabulary."""
+    h = hashlib.sha256(data_fp.encode())
     with contextlib.suppress(OSError, TypeError):
         h.update(Path(inspect.getsourcefile(Tokenizer)).read_bytes())
     return input_path.parent / ".cache" / f"{input_path.name}.{h.hexdigest()[:16]}.tokens.npy"
 
 
-def encode_ids(text: bytes, tokenizer: Tokenizer) -> np.ndarray:
-    """Token ids as a compact array: uint16 while every id fits (vocab <= 65,536), else uint32."""
-    dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.uint32
-    return np.asarray(tokenizer.encode(text.decode("utf-8")), dtype=dtype)
+def token_dtype(tokenizer: Tokenizer) -> np.dtype:
+    """Token ids stored compactly: uint16 while every id fits (vocab <= 65,536), else uint32."""
+    return np.dtype(np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.uint32)
 
 
-def write_cache(cache: Path, ids: np.ndarray, say) -> None:
-    """Save ids atomically; a folder we may not write to only costs a re-tokenization next time."""
+def npy_header(dtype: np.dtype, length: int) -> bytes:
+    """The header of a .npy file (format 1.0) holding a 1-D array of length items. Always
+    NPY_HEADER_BYTES long, so the header written before the ids are counted can be overwritten
+    with the count afterwards. Format: magic, version, header size, a dict literal padded with spaces."""
+    fields = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (length,)})
+    text = fields.ljust(NPY_HEADER_BYTES - 11) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin-1")
+
+
+def tokenize_into(f, input_path: Path, tokenizer: Tokenizer, workers: int, range_bytes: int | None,
+                  progress: bool) -> int:
+    """Write the input's token ids into the open binary file f as a .npy array; returns their count.
+    The text is encoded in ranges on `workers` processes and the ids written as they come, in order,
+    so neither the text nor the ids are ever whole in memory."""
+    dtype = token_dtype(tokenizer)
+    f.write(npy_header(dtype, 0))
+    count = 0
+    with contextlib.closing(tokenizer.encode_file(input_path, workers, range_bytes, progress)) as parts:
+        for ids in parts:
+            f.write(np.asarray(ids, dtype=dtype))
+            count += len(ids)
+    f.seek(0)
+    f.write(npy_header(dtype, count))
+    return count
+
+
+def write_cache(cache: Path, input_path: Path, tokenizer: Tokenizer, workers: int,
+                range_bytes: int | None, progress: bool, say) -> None:
+    """Tokenize the input into the cache file: written under a temporary name and renamed when complete.
+    A folder we may not write to only costs a re-tokenization next time."""
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            np.save(f, ids)
+            tokenize_into(f, input_path, tokenizer, workers, range_bytes, progress)
         os.replace(tmp, cache)
     except OSError as e:
         say(f"note: could not cache token ids in {cache.parent}/ ({e.strerror or e}); tokenizing every run")
+    finally:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)        # only left when something failed
 
 
-def load_token_ids(input_path: Path, text: bytes, tokenizer: Tokenizer, procs: Processes,
-                   say) -> np.ndarray:
-    """The token ids of the text, from the cache when present, else tokenized now and cached.
-    Under torchrun rank 0 tokenizes while the others wait, then all read the cache."""
-    cache = cache_path_for(input_path, text, tokenizer)
+def tokenize_to_temp_file(input_path: Path, tokenizer: Tokenizer, workers: int,
+                          range_bytes: int | None) -> np.ndarray:
+    """The input's ids in a nameless temporary file, memory-mapped: bounded memory without a cache.
+    The file disappears when the map is closed."""
+    dtype = token_dtype(tokenizer)
+    try:
+        with tempfile.TemporaryFile() as f:
+            count = tokenize_into(f, input_path, tokenizer, workers, range_bytes, progress=False)
+            if count == 0:
+                return np.zeros(0, dtype=dtype)
+            return np.memmap(f, dtype=dtype, mode="r", offset=NPY_HEADER_BYTES, shape=(count,))
+    except OSError as e:
+        raise UserError(f"cannot tokenize {input_path}: no cache and no temporary file ({e.strerror or e})") from None
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def load_token_ids(input_path: Path, data_fp: str, tokenizer: Tokenizer, procs: Processes, say,
+                   workers: int | None = None, range_bytes: int | None = None) -> np.ndarray:
+    """The token ids of the input, memory-mapped from the cache, tokenized first on `workers` processes
+    (default: all cores) when not cached yet. Under torchrun rank 0 tokenizes while the others wait,
+    then all map the cache. range_bytes: how much text each worker takes at a time (see
+    Tokenizer.encode_file; the default suits large files)."""
+    cache = cache_path_for(input_path, data_fp)
+    workers = workers or default_workers()
     if procs.is_main and not cache.exists():
-        if len(text) >= 100_000:                  # worth a word only when it takes a while
-            say(f"tokenizing {input_path} ({len(text):,} bytes) once; the ids are cached in {cache.parent}/")
-        ids = encode_ids(text, tokenizer)
-        write_cache(cache, ids, say)
-        if not procs.distributed:
-            return ids
+        size = input_path.stat().st_size
+        if size >= 100_000:                       # worth a word (and a bar) only when it takes a while
+            say(f"tokenizing {input_path} ({size:,} bytes) once, on {workers} process(es); "
+                f"the ids are cached in {cache.parent}/")
+        write_cache(cache, input_path, tokenizer, workers, range_bytes, size >= 100_000, say)
     if procs.distributed:
         torch_dist.barrier()                      # rank 0 has written the cache
     if cache.exists():
         return np.load(cache, mmap_mode="r")      # memory-mapped: pages load as windows touch them
-    return encode_ids(text, tokenizer)            # no cache (unwritable, or another machine's disk)
+    # no cache (unwritable, or another machine's disk)
+    return tokenize_to_temp_file(input_path, tokenizer, workers, range_bytes)
 
 
 def split_ids(ids: np.ndarray, block_size: int, input_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -521,14 +599,37 @@ def restore_rng(ckpt: dict, batch_gen: torch.Generator, procs: Processes, device
 # ───────────────────────────────────────── checkpoints ───────────────────────────────────────────
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file beside path, then rename: a crash never leaves half a file."""
+    """torch.save to a temporary file beside path, then rename: a crash never leaves half a file.
+    A failed write (disk full, folder gone) is a UserError, and path still holds its last complete version."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:       # torch's zip writer reports a failed write as RuntimeError
+        raise UserError(f"could not write {path} ({write_failure(e, path.parent)}); {path.name} still holds "
+                        f"its last complete version, if any — make room and run train.py again to resume") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def write_failure(error: Exception, folder: Path) -> str:
+    """Why a write failed, in a few words, with the free space left where it was going."""
+    why = error.strerror if isinstance(error, OSError) and error.strerror else "the write failed"
+    with contextlib.suppress(OSError):
+        why += f"; {shutil.disk_usage(folder).free / 1e6:,.0f} MB free there"
+    return why
+
+
+def remove_leftover_temp_files(weights_dir: Path, say) -> None:
+    """A save killed before its rename leaves NAME.PID.tmp behind (see save_atomic): never a complete
+    file, never read. Removed so they do not pile up."""
+    names = "|".join(re.escape(name) for name in (LATEST, BEST, HISTORY_CSV, HISTORY_PNG))
+    for tmp in weights_dir.glob("*.tmp"):
+        if re.fullmatch(rf"({names})\.\d+\.tmp", tmp.name) and tmp.name.split(".")[-2] != str(os.getpid()):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                say(f"note: removed {tmp}, left by an interrupted save")
 
 
 def check_writable(weights_dir: Path) -> None:
@@ -609,6 +710,30 @@ def best_checkpoint(model, step: int, result: EvalResult, cfg, model_config, tok
 
 
 # ─────────────────────────────────────────── history ─────────────────────────────────────────────
+
+def trim_history(path: Path, step: int) -> None:
+    """Keep the complete rows of evaluations up to `step` (the resumed checkpoint's). Later rows come
+    from a run killed before its weights-latest.pth was written; the resumed run writes them again."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [row for row in rows if set(row) == set(HISTORY_COLUMNS) and None not in row.values()
+            and row["step"].isdigit() and int(row["step"]) <= step]
+    if len(keep) < len(rows):
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+                writer.writeheader()
+                writer.writerows(keep)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise UserError(f"could not write {path} ({write_failure(e, path.parent)})") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
 
 def append_history(path: Path, row: dict) -> None:
     """One row per evaluation; the header is written when the file is new."""
@@ -704,8 +829,7 @@ class Trainer:
                             f"`python init.py --vocab-size {cfg.vocab_size}` first")
         self.params_vocab_size, cfg.vocab_size = cfg.vocab_size, tokenizer.vocab_size
 
-        text = read_input(self.input_path)
-        self.data_fp = data_fingerprint(text, tokenizer)
+        self.data_fp = data_fingerprint(self.input_path, tokenizer)
         self.model_config = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size,
                                         emb_len=cfg.emb_len, num_layers=cfg.num_layers,
                                         num_heads=cfg.num_heads, dropout=cfg.dropout)
@@ -713,7 +837,7 @@ class Trainer:
         self.ckpt = None
         if self.latest_path.exists() and not cfg.fresh:
             self.ckpt = load_resume_state(self.latest_path, cfg, self.model_config, tokenizer, self.data_fp)
-        ids = load_token_ids(self.input_path, text, tokenizer, procs, say)
+        ids = load_token_ids(self.input_path, self.data_fp, tokenizer, procs, say, cfg.workers)
         self.train_ids, self.val_ids = split_ids(ids, cfg.block_size, self.input_path)
         self.chars = chars_per_token(tokenizer)
         self.val_windows = fixed_windows(len(self.val_ids), cfg.block_size, cfg.eval_windows)
@@ -781,6 +905,8 @@ class Trainer:
         """Train to stop_at (or until time is up, a signal, or divergence); returns the exit code."""
         cfg, state, say = self.cfg, self.state, self.say
         self.describe()
+        if self.procs.is_main:
+            remove_leftover_temp_files(self.weights_dir, say)
         budget_s = cfg.max_minutes * 60 if cfg.max_minutes > 0 else None
         self.loop_start, self.loop_first_step, self.final_eval_s = time.monotonic(), state.step, None
         if budget_s is not None:
@@ -795,6 +921,8 @@ class Trainer:
             return 0
         if self.procs.is_main and self.ckpt is None and (self.weights_dir / HISTORY_CSV).exists():
             (self.weights_dir / HISTORY_CSV).unlink()        # a run from step 0 gets a fresh history
+        elif self.procs.is_main and self.ckpt is not None:
+            trim_history(self.weights_dir / HISTORY_CSV, state.step)
         train_model = torch.compile(self.model) if cfg.compile else self.model
         if self.procs.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -834,11 +962,11 @@ class Trainer:
                         self.evaluate_and_save(loss_sum / loss_count, lr)
                         loss_sum, loss_count = 0.0, 0
         except LossNotFinite as e:
-            bar.close()
             kept = (f"{self.latest_path} still holds step {state.saved_step}, the last good checkpoint"
                     if state.saved_step is not None else "no checkpoint was written")
             raise UserError(f"{e}; stopped without saving — {kept}. Try a lower --learning_rate") from None
-        bar.close()
+        finally:
+            bar.close()                   # now, so that it is not redrawn after an error line
 
         if reason == "interrupted":
             self.save_latest()
@@ -925,8 +1053,9 @@ class Trainer:
         self.state.saved_step = self.state.step
 
     def evaluate_and_save(self, train_loss: float | None, lr: float) -> None:
-        """Validation on the fixed windows, one line of figures, a history row, weights-latest.pth,
-        and weights-best.pth when nats/char improved."""
+        """Validation on the fixed windows, one line of figures, weights-best.pth when nats/char
+        improved, a history row, and weights-latest.pth. Latest is written last: a run killed before
+        it resumes from the previous evaluation and redoes this one exactly, rewriting the other two."""
         state = self.state
         t_eval = time.monotonic()
         result = evaluate(self.model, self.val_ids, self.val_windows, self.chars, self.device, self.amp_dtype,
@@ -939,12 +1068,12 @@ class Trainer:
         improved = state.best_val is None or result.nats_per_char < state.best_val
         if improved:
             state.best_val = result.nats_per_char
-        self.save_latest()
         if self.procs.is_main:
             if improved:
                 save_atomic(best_checkpoint(self.model, state.step, result, self.cfg, self.model_config,
                                             self.tokenizer, self.procs.world_size), self.weights_dir / BEST)
             self.record(result, train_loss, lr, "windows")
+        self.save_latest()
         train_part = f"train {train_loss:.4f}, " if train_loss is not None else ""
         self.say(f"step {state.step}: {train_part}val {result.loss_per_token:.4f} nats/token, "
                  f"{result.nats_per_char:.4f} nats/char, {result.bits_per_char:.4f} bits/char"
@@ -964,12 +1093,16 @@ class Trainer:
 
     def record(self, result: EvalResult, train_loss: float | None, lr: float, kind: str) -> None:
         """A row in loss_history.csv, and loss.png redrawn (rank 0 only)."""
-        append_history(self.weights_dir / HISTORY_CSV, {
-            "step": self.state.step, "minutes": f"{self.minutes_so_far():.3f}", "lr": f"{lr:.6g}",
-            "train_loss": "" if train_loss is None else f"{train_loss:.6f}",
-            "val_loss_per_token": f"{result.loss_per_token:.6f}", "val_nats_per_char": f"{result.nats_per_char:.6f}",
-            "val_bits_per_char": f"{result.bits_per_char:.6f}", "val_tokens": result.tokens,
-            "val_chars": result.chars, "eval": kind})
+        try:
+            append_history(self.weights_dir / HISTORY_CSV, {
+                "step": self.state.step, "minutes": f"{self.minutes_so_far():.3f}", "lr": f"{lr:.6g}",
+                "train_loss": "" if train_loss is None else f"{train_loss:.6f}",
+                "val_loss_per_token": f"{result.loss_per_token:.6f}", "val_nats_per_char": f"{result.nats_per_char:.6f}",
+                "val_bits_per_char": f"{result.bits_per_char:.6f}", "val_tokens": result.tokens,
+                "val_chars": result.chars, "eval": kind})
+        except OSError as e:
+            raise UserError(f"could not write {self.weights_dir / HISTORY_CSV} "
+                            f"({write_failure(e, self.weights_dir)}) — make room and run train.py again to resume") from None
         try:
             plot_history(self.weights_dir / HISTORY_CSV, self.weights_dir / HISTORY_PNG)
         except Exception as e:                    # a plot is a nicety; never lose a run over it

@@ -156,12 +156,12 @@ def test_token_ids_are_cached_compactly_and_reused(tmp_path, monkeypatch):
     tokenizer.train(TINY_TEXT, TINY_VOCAB)
     text_path = tmp_path / "text.txt"
     text_path.write_text(TINY_TEXT, encoding="utf-8")
-    text, say = text_path.read_bytes(), lambda msg: None
-    first = train.load_token_ids(text_path, text, tokenizer, train.Processes(), say)
+    data_fp, say = train.data_fingerprint(text_path, tokenizer), lambda msg: None
+    first = train.load_token_ids(text_path, data_fp, tokenizer, train.Processes(), say)
     assert first.dtype == np.uint16 and first.tolist() == tokenizer.encode(TINY_TEXT)
     assert len(list((tmp_path / ".cache").glob("*.npy"))) == 1 and not list((tmp_path / ".cache").glob("*.tmp"))
-    monkeypatch.setattr(Tokenizer, "encode", lambda self, text: pytest.fail("tokenized again"))
-    again = train.load_token_ids(text_path, text, tokenizer, train.Processes(), say)
+    monkeypatch.setattr(Tokenizer, "encode_file", lambda *args, **kwargs: pytest.fail("tokenized again"))
+    again = train.load_token_ids(text_path, data_fp, tokenizer, train.Processes(), say)
     assert np.array_equal(first, again)
 
 
