@@ -1,0 +1,450 @@
+"""Faults and bad input lose nothing (issue 7): the real scripts, on a tiny model in temp folders,
+are killed mid-run and given broken checkpoints, damaged tokenizers, edited settings and bad text.
+Each case checks the message (one `error:` line, no traceback) and that nothing was lost: the
+checkpoints still load and rebuild their model, the files that should not change are byte-identical.
+
+Speed: the scripts run in children forked from one process that imported torch once
+(forked_scripts.py). Each child runs the real script file as `__main__`, with its own argv, stdio
+and exit code: ~35 runs take a fraction of a second each instead of 4 s or more. Faults (SIGKILL
+inside a checkpoint write, a full disk) are injected there too.
+
+Covered by other files, not repeated here:
+  prompts — empty, emoji, CJK, control characters, longer than block_size, 1 MB:
+      test_run.py::test_every_kind_of_prompt_gets_one_continuation_per_line
+  prompts — closed stdin: test_run.py::test_closed_stdin_exits_quietly
+  NaN loss (learning rate 1e38): test_train.py::test_nan_loss_stops_and_keeps_last_good_checkpoint
+  Model_Params.py edited, run.py: test_run.py::test_edited_model_params_still_runs_the_trained_model_and_names_the_differences
+  tokenizer retrained (same size, other merges): run.py: test_run.py::test_tokenizer_that_does_not_match_the_checkpoint_is_refused;
+      train.py: test_train.py::test_resume_with_retrained_tokenizer_is_refused
+  weights folder blocked by a file: test_train.py::test_unwritable_weights_folder_is_reported_before_training
+  input missing, empty, invalid UTF-8 (init.py): test_init.py::test_bad_input_gives_one_error_line_and_writes_nothing
+  input of a few bytes: init.py: test_init.py::test_init_stops_early_with_a_warning_when_no_pair_is_left;
+      train.py: test_train.py::test_input_too_short_for_one_block_is_a_clear_error
+"""
+import csv
+import hashlib
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import Model_Params
+from conftest import REPO, TINY_TEXT, TINY_TRAIN_FLAGS
+from Model import load_checkpoint, model_from_checkpoint
+from tokenizer import Tokenizer
+
+KILLED = -9                      # returncode of a process ended by SIGKILL
+
+
+# ───────────────────────────────────── running the scripts ─────────────────────────────────────
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    maxrss_kb: int               # the child's peak resident memory
+    timed_out: bool
+
+
+class ForkedScripts:
+    """Runs scripts through forked_scripts.py: run(script, *args, cwd=...) -> Result."""
+
+    def __init__(self):
+        env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("forked_scripts.py"))],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def run(self, script, *args, cwd: Path, fault: list | None = None, kill_on: str | None = None,
+            timeout: float = 120) -> Result:
+        """script: a name in the repo or a path. fault, kill_on: see forked_scripts.py."""
+        request = {"script": str(REPO / script), "args": [str(a) for a in args], "cwd": str(cwd),
+                   "fault": fault, "kill_on": kill_on, "timeout": timeout}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        assert reply, "forked_scripts.py stopped"
+        result = Result(**json.loads(reply))
+        assert not result.timed_out, result.stderr
+        return result
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    server = ForkedScripts()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def tiny(tiny_trained, tmp_path) -> dict:
+    """A private copy of the session's tiny run (conftest): its input, tokenizer and weights."""
+    shutil.copy(tiny_trained["input"], tmp_path / "input.txt")
+    shutil.copytree(tiny_trained["tokenizer_dir"], tmp_path / "tokenizer")
+    shutil.copytree(tiny_trained["weights_dir"], tmp_path / "weights")
+    return {"root": tmp_path, "input": tmp_path / "input.txt", "tokenizer_dir": tmp_path / "tokenizer",
+            "weights_dir": tmp_path / "weights", "reference": tiny_trained["weights_dir"]}
+
+
+def train_args(tiny, weights_dir=None, input=None, tokenizer_dir=None) -> list:
+    """train.py's folders (the tiny copy's unless replaced) and the tiny model's settings."""
+    return ["--input", input or tiny["input"], "--tokenizer-dir", tokenizer_dir or tiny["tokenizer_dir"],
+            "--weights-dir", weights_dir or tiny["weights_dir"], *TINY_TRAIN_FLAGS]
+
+
+def run_args(tiny, weights=None, tokenizer_dir=None) -> list:
+    """run.py on the tiny copy's best weights (unless replaced): one short greedy continuation."""
+    return ["--weights", weights or tiny["weights_dir"] / "weights-best.pth",
+            "--tokenizer-dir", tokenizer_dir or tiny["tokenizer_dir"],
+            "--prompt", "the quick", "--max-new-tokens", "5", "--temperature", "0"]
+
+
+# ─────────────────────────────────────── what must hold ────────────────────────────────────────
+
+def assert_one_error_line(result: Result, *fragments: str) -> str:
+    """Exit 2 with stderr one `error:` line holding every fragment: no traceback, nothing on stdout."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def file_hashes(folder: Path) -> dict:
+    """Every file under folder -> sha256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_checkpoints_load(weights_dir: Path) -> dict:
+    """Every weights-*.pth in the folder loads safely and rebuilds its model, as run.py does."""
+    loaded = {}
+    for path in sorted(weights_dir.glob("weights-*.pth")):
+        loaded[path.name] = load_checkpoint(path)
+        model_from_checkpoint(loaded[path.name], "cpu", path)
+    return loaded
+
+
+def history(weights_dir: Path) -> list[dict]:
+    """loss_history.csv without the wall-clock column (the one thing that differs between runs)."""
+    with open(weights_dir / "loss_history.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "minutes"} for row in csv.DictReader(f)]
+
+
+# ───────────────────────────────────────── SIGKILL ──────────────────────────────────────────────
+
+def test_sigkill_at_any_moment_loses_no_finished_checkpoint_and_resuming_ends_as_if_never_killed(
+        scripts, tiny, tmp_path):
+    """The tiny run (60 steps, evaluations at 20, 40, 60) again in a new folder, killed four times
+    at different moments; every kill leaves only complete checkpoints, each rerun resumes from the
+    last one, and the last rerun ends with the very weights, best checkpoint and history of the
+    uninterrupted run."""
+    weights = tmp_path / "killed"
+    args = train_args(tiny, weights)
+
+    def latest_step():
+        return load_checkpoint(weights / "weights-latest.pth")["step"]
+
+    # 1. Killed halfway through writing the first checkpoint file: half a temp file, no checkpoint.
+    first = scripts.run("train.py", *args, cwd=tmp_path, fault=[["half", "latest", 20]])
+    assert first.returncode == KILLED, first.stderr
+    assert not (weights / "weights-latest.pth").exists()
+    assert list(weights.glob("weights-latest.pth.*.tmp"))
+    assert_checkpoints_load(weights)
+
+    # 2. The rerun starts over; killed with step 40's checkpoint written to its temp file, not renamed.
+    second = scripts.run("train.py", *args, cwd=tmp_path, fault=[["unrenamed", "latest", 40]])
+    assert second.returncode == KILLED and "starting fresh" in second.stderr, second.stderr
+    assert latest_step() == 20
+    assert_checkpoints_load(weights)
+    assert list(weights.glob("weights-latest.pth.*.tmp"))
+    generated = scripts.run("run.py", *run_args(tiny, weights=weights), cwd=tmp_path)
+    assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr   # not misled by temp files
+
+    # 3. Resumes from step 20; SIGKILL from outside as soon as it reports step 40. (The 35th batch
+    #    of this run is step 55: if the signal were slow, the run still dies before step 60.)
+    third = scripts.run("train.py", *args, cwd=tmp_path, kill_on="step 40:", fault=[["kill_at_step", 35]])
+    assert third.returncode == KILLED and "at step 20" in third.stderr, third.stderr
+    assert latest_step() == 40
+    assert_checkpoints_load(weights)
+
+    # 4. Resumes from step 40; killed in the middle of the final evaluation's saves: weights-best.pth
+    #    for step 60 written to its temp file, not renamed.
+    fourth = scripts.run("train.py", *args, cwd=tmp_path, fault=[["unrenamed", "best", 60]])
+    assert fourth.returncode == KILLED and "at step 40" in fourth.stderr, fourth.stderr
+    assert_checkpoints_load(weights)
+
+    # 5. The last rerun ends exactly as the uninterrupted run did.
+    last = scripts.run("train.py", *args, cwd=tmp_path)
+    assert last.returncode == 0 and "Traceback" not in last.stderr, last.stderr
+    got, want = assert_checkpoints_load(weights), assert_checkpoints_load(tiny["reference"])
+    for name in ("weights-latest.pth", "weights-best.pth"):
+        assert got[name]["step"] == want[name]["step"] == 60
+        assert got[name]["val_nats_per_char"] == want[name]["val_nats_per_char"]
+        for key, tensor in want[name]["model"].items():
+            assert got[name]["model"][key].equal(tensor), (name, key)
+    assert history(weights) == history(tiny["reference"])
+    assert not list(weights.glob("*.tmp"))                  # the killed saves' temp files are cleared away
+
+
+def test_full_disk_during_a_checkpoint_write_is_one_error_line_and_keeps_the_last_checkpoint(
+        scripts, tiny, tmp_path):
+    weights = tmp_path / "full"
+    result = scripts.run("train.py", *train_args(tiny, weights), cwd=tmp_path, fault=[["enospc", "latest", 40]])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and result.stderr.count("error: ") == 1
+    assert "weights-latest.pth" in error and "resume" in error
+    assert load_checkpoint(weights / "weights-latest.pth")["step"] == 20
+    assert_checkpoints_load(weights)
+    assert not list(weights.glob("*.tmp"))
+
+
+# ─────────────────────────────────────── broken checkpoints ─────────────────────────────────────
+
+class WritesMarker:
+    """Unpickling this calls open(marker, "w"): code run by loading, in miniature."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def code_pickle(path: Path, marker: Path, container: str) -> None:
+    """A checkpoint-shaped file whose loading would create marker."""
+    payload = {"format_version": 1, "kind": "latest", "model_config": {}, "model": WritesMarker(marker)}
+    if container == "torch.save":
+        import torch
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+
+
+BROKEN_CHECKPOINTS = {
+    # case: (make the bad file from the good one's bytes, words the error must hold)
+    "zero-length": (lambda good, path, marker: path.write_bytes(b""), "empty file"),
+    "truncated": (lambda good, path, marker: path.write_bytes(good[:len(good) // 2]), "truncated"),
+    "garbage": (lambda good, path, marker: path.write_bytes(random.Random(7).randbytes(len(good))),
+                "not a PyTorch checkpoint"),
+    "code in torch.save pickle": (lambda good, path, marker: code_pickle(path, marker, "torch.save"), "refused"),
+    "code in plain pickle": (lambda good, path, marker: code_pickle(path, marker, "pickle"), "refused"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_CHECKPOINTS)
+def test_broken_checkpoint_is_named_and_refused_by_run_and_train_and_no_code_runs(scripts, tiny, case):
+    make, words = BROKEN_CHECKPOINTS[case]
+    marker = tiny["root"] / "MARKER"
+    for name in ("weights-best.pth", "weights-latest.pth"):   # what run.py, resp. train.py, reads
+        path = tiny["weights_dir"] / name
+        make(path.read_bytes(), path, marker)
+    before = file_hashes(tiny["root"])
+    generated = scripts.run("run.py", *run_args(tiny), cwd=tiny["root"])
+    assert_one_error_line(generated, "weights-best.pth", words)
+    resumed = scripts.run("train.py", *train_args(tiny), cwd=tiny["root"])
+    assert_one_error_line(resumed, "weights-latest.pth", words, "--fresh")
+    assert not marker.exists()
+    assert file_hashes(tiny["root"]) == before
+
+
+# ─────────────────────────────────────── damaged tokenizer ──────────────────────────────────────
+
+def edit_itos(folder: Path) -> None:
+    itos = json.loads((folder / "itos.json").read_text(encoding="utf-8"))
+    itos[str(len(itos) - 1)] = "an edited token"
+    (folder / "itos.json").write_text(json.dumps(itos, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+DAMAGED_TOKENIZERS = {
+    # case: (damage the folder, words the error must hold)
+    "stoi.json deleted": (lambda folder: (folder / "stoi.json").unlink(), ["stoi.json", "missing", "init.py"]),
+    "merges.json deleted": (lambda folder: (folder / "merges.json").unlink(), ["merges.json", "missing"]),
+    "merges.json cut in half": (lambda folder: truncate(folder / "merges.json"), ["merges.json", "not valid JSON"]),
+    "itos.json edited": (edit_itos, ["itos.json", "an edited token", "merges.json gives"]),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_TOKENIZERS)
+def test_damaged_tokenizer_is_named_by_run_and_train_and_nothing_else_changes(scripts, tiny, case):
+    damage, words = DAMAGED_TOKENIZERS[case]
+    damage(tiny["tokenizer_dir"])
+    before = file_hashes(tiny["root"])
+    assert_one_error_line(scripts.run("run.py", *run_args(tiny), cwd=tiny["root"]), *words)
+    assert_one_error_line(scripts.run("train.py", *train_args(tiny), cwd=tiny["root"]), *words)
+    assert file_hashes(tiny["root"]) == before
+    assert_checkpoints_load(tiny["weights_dir"])
+
+
+# ─────────────────────────────────────── edited Model_Params ────────────────────────────────────
+
+def scripts_with_params(folder: Path, **values) -> Path:
+    """A copy of the repo's scripts whose Model_Params.py holds the given values."""
+    folder.mkdir()
+    for path in REPO.glob("*.py"):
+        shutil.copy(path, folder / path.name)
+    source = (folder / "Model_Params.py").read_text(encoding="utf-8")
+    for name, value in values.items():
+        source, found = re.subn(rf"^{name} = \S+", f"{name} = {value!r}", source, flags=re.M)
+        assert found == 1, name
+    (folder / "Model_Params.py").write_text(source, encoding="utf-8")
+    return folder
+
+
+def test_edited_model_params_makes_train_refuse_to_resume_until_fresh(scripts, tiny, tmp_path):
+    # Model_Params.py as the tiny model was trained (conftest's flags), then edited.
+    flags = dict(zip(TINY_TRAIN_FLAGS[::2], TINY_TRAIN_FLAGS[1::2]))
+    trained = {name[2:]: type(getattr(Model_Params, name[2:]))(value)
+               for name, value in flags.items() if name != "--seed"}
+    folders = ["--input", tiny["input"], "--tokenizer-dir", tiny["tokenizer_dir"],
+               "--weights-dir", tiny["weights_dir"], "--seed", flags["--seed"]]
+    before = file_hashes(tiny["weights_dir"])
+
+    # A setting that does not shape the weights: resumes (here: nothing left to do) and says what changed.
+    lr = scripts_with_params(tmp_path / "lr", **{**trained, "learning_rate": 0.02})
+    result = scripts.run(lr / "train.py", *folders, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "learning_rate 0.01 -> 0.02" in result.stderr and "nothing to do" in result.stderr
+
+    # A setting that does: refused, naming it and --fresh, nothing touched ...
+    layers = scripts_with_params(tmp_path / "layers", **{**trained, "num_layers": 3})
+    assert_one_error_line(scripts.run(layers / "train.py", *folders, cwd=tmp_path),
+                          "weights-latest.pth", "num_layers 2 -> 3", "--fresh")
+    assert file_hashes(tiny["weights_dir"]) == before
+    # ... until --fresh, which trains the new shape.
+    result = scripts.run(layers / "train.py", *folders, "--fresh", "--max-iters", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert assert_checkpoints_load(tiny["weights_dir"])["weights-latest.pth"]["model_config"]["num_layers"] == 3
+
+
+BROKEN_PARAMS = {
+    # case: (edit the source of Model_Params.py, words the error must hold, scripts that must refuse)
+    "syntax error": (lambda source: source.replace("block_size = ", "block_size = (", 1),
+                     ["Model_Params.py cannot be read", "SyntaxError", "git checkout"],
+                     ("init.py", "train.py", "run.py")),
+    "a setting deleted": (lambda source: re.sub(r"^emb_len = .*$", "", source, flags=re.M),
+                          ["Model_Params.py lacks emb_len", "git checkout"], ("train.py",)),
+    "a number made a word": (lambda source: re.sub(r"^num_layers = \S+", "num_layers = 'six'", source, flags=re.M),
+                             ["Model_Params.py: num_layers = 'six' must be a whole number"], ("train.py",)),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_PARAMS)
+def test_model_params_broken_by_an_edit_is_one_error_line_and_changes_nothing(scripts, tiny, tmp_path, case):
+    edit, words, refusing = BROKEN_PARAMS[case]
+    folder = scripts_with_params(tmp_path / "scripts")
+    params = folder / "Model_Params.py"
+    params.write_text(edit(params.read_text(encoding="utf-8")), encoding="utf-8")
+    before = {name: file_hashes(tiny[name]) for name in ("tokenizer_dir", "weights_dir")}
+    commands = {"init.py": ["--input", tiny["input"], "--vocab-size", "300", "--out", tiny["tokenizer_dir"]],
+                "train.py": train_args(tiny), "run.py": run_args(tiny)}
+    for script in refusing:
+        assert_one_error_line(scripts.run(folder / script, *commands[script], cwd=tiny["root"]), *words)
+    assert {name: file_hashes(tiny[name]) for name in before} == before
+
+
+# ──────────────────────────────────────── bad training text ─────────────────────────────────────
+
+def binary_bytes() -> bytes:
+    """Something like an image file: a PNG signature, then seeded random bytes."""
+    return b"\x89PNG\r\n\x1a\n" + random.Random(3).randbytes(4000)
+
+
+BAD_TEXTS = {
+    # case: (file bytes or None for a missing file, words train.py's error must hold)
+    "missing": (None, ["not found"]),
+    "empty": (b"", ["too short"]),
+    "invalid UTF-8": (TINY_TEXT.encode("utf-8")[:5000] + b"\xff" + TINY_TEXT.encode("utf-8")[5000:],
+                      ["not valid UTF-8", "0xFF", "5000"]),
+    "binary": (binary_bytes(), ["not valid UTF-8", "0x89", "offset 0"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TEXTS)
+def test_bad_training_text_is_one_error_line_and_existing_checkpoints_survive(scripts, tiny, case):
+    """Even with --fresh, which would replace the checkpoints, nothing is touched before the text is known good."""
+    data, words = BAD_TEXTS[case]
+    bad = tiny["root"] / "bad.txt"
+    if data is not None:
+        bad.write_bytes(data)
+    before = file_hashes(tiny["weights_dir"])
+    result = scripts.run("train.py", *train_args(tiny, input=bad), "--fresh", cwd=tiny["root"])
+    assert_one_error_line(result, "bad.txt", *words)
+    assert file_hashes(tiny["weights_dir"]) == before
+
+
+def test_binary_file_is_one_error_line_from_init_and_keeps_the_tokenizer(scripts, tiny):
+    """(init.py's other bad inputs are in test_init.py.)"""
+    bad = tiny["root"] / "image.png"
+    bad.write_bytes(binary_bytes())
+    before = file_hashes(tiny["tokenizer_dir"])
+    result = scripts.run("init.py", "--input", bad, "--vocab-size", "300", "--out", tiny["tokenizer_dir"],
+                         cwd=tiny["root"])
+    assert_one_error_line(result, "image.png", "not valid UTF-8", "0x89")
+    assert file_hashes(tiny["tokenizer_dir"]) == before
+    assert sorted(p.name for p in tiny["root"].iterdir()) == ["image.png", "input.txt", "tokenizer", "weights"]
+    Tokenizer.load(tiny["tokenizer_dir"])
+
+
+# ──────────────────────────────────────── weights folder ────────────────────────────────────────
+
+def test_weights_folder_that_cannot_be_written_is_reported_before_any_step(scripts, tiny, tmp_path):
+    # /sys refuses new files even to root (a chmod would not stop root, who runs CI).
+    result = scripts.run("train.py", *train_args(tiny, weights_dir="/sys"), cwd=tmp_path)
+    assert_one_error_line(result, "cannot write to weights folder /sys", "--weights-dir")
+    assert not (tiny["root"] / ".cache").exists()             # stopped before even tokenizing
+
+
+def test_weights_folder_on_a_missing_path_is_created(scripts, tiny, tmp_path):
+    weights = tmp_path / "not" / "there" / "yet"
+    result = scripts.run("train.py", *train_args(tiny, weights_dir=weights), "--max-iters", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert assert_checkpoints_load(weights)["weights-latest.pth"]["step"] == 1
+
+
+# ─────────────────────────────────────────── memory ─────────────────────────────────────────────
+
+def test_peak_memory_on_a_5_mb_text_extrapolates_to_far_below_2_gb_for_100_mb(scripts, tmp_path):
+    """init.py and train.py (tokenizing into the token cache, one step, the final evaluation) on a
+    5 MB text and on a 20 KB one. A forked child starts with the server's memory (torch imported),
+    so the difference of their peaks is what the text costs. Even growing in proportion to the text
+    (streaming code grows less), a 100 MB text would keep each script below 2 GB.
+    (bench/bench_memory.py measures the 100 MB case with real processes.)"""
+    peaks = {}
+    for name, copies in (("small", 1), ("big", 250)):
+        text = tmp_path / f"{name}.txt"
+        text.write_text(TINY_TEXT * copies, encoding="utf-8")
+        tokenizer_dir = tmp_path / f"tok-{name}"
+        init = scripts.run("init.py", "--input", text, "--vocab-size", "300", "--out", tokenizer_dir, cwd=tmp_path)
+        assert init.returncode == 0, init.stderr
+        train = scripts.run("train.py", "--input", text, "--tokenizer-dir", tokenizer_dir,
+                            "--weights-dir", tmp_path / f"w-{name}", "--max_iters", "1", "--block_size", "64",
+                            "--emb_len", "16", "--num_layers", "1", "--num_heads", "1", "--batch_size", "256",
+                            "--eval_windows", "8", cwd=tmp_path)
+        assert train.returncode == 0, train.stderr
+        peaks[name] = {"init.py": init.maxrss_kb * 1024, "train.py": train.maxrss_kb * 1024,
+                       "text": text.stat().st_size}
+    per_byte = {script: (peaks["big"][script] - peaks["small"][script]) / (peaks["big"]["text"] - peaks["small"]["text"])
+                for script in ("init.py", "train.py")}
+    for script in ("init.py", "train.py"):
+        assert peaks["small"][script] + per_byte[script] * 100e6 < 2e9, (script, per_byte, peaks)
