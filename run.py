@@ -40,57 +40,29 @@ class UserError(Exception):
 
 # ───────────────────────────────────────── command line ──────────────────────────────────────────
 
-def _number(text: str, kind, what: str):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
-    return value
-
-
-def temperature_value(text: str) -> float:
-    what = "must be a number >= 0 (0 = greedy)"
-    value = _number(text, float, what)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
-    return value
-
-
-def top_k_value(text: str) -> int:
-    what = "must be an integer >= 0 (0 = no limit)"
-    value = _number(text, int, what)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
-    return value
-
-
-def top_p_value(text: str) -> float:
-    what = "must be a number in (0, 1] (1 = no limit)"
-    value = _number(text, float, what)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
-    return value
-
-
-def count_value(minimum: int):
-    """An argparse type: an integer >= minimum."""
-    def parse(text: str) -> int:
-        what = f"must be an integer >= {minimum}"
-        value = _number(text, int, what)
-        if value < minimum:
+def checked(kind, is_ok, what: str):
+    """An argparse `type`: text -> kind (int or float), finite and passing is_ok, else argparse's
+    error with `what` the value must be."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)) or not is_ok(value):
             raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
         return value
     return parse
 
 
-def seed_value(text: str) -> int:
-    what = "must be an integer from 0 to 2**64 - 1"
-    value = _number(text, int, what)
-    if not 0 <= value < 2 ** 64:
-        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
-    return value
+def count_value(minimum: int):
+    """An argparse type: an integer >= minimum."""
+    return checked(int, lambda n: n >= minimum, f"must be an integer >= {minimum}")
+
+
+temperature_value = checked(float, lambda t: t >= 0, "must be a number >= 0 (0 = greedy)")
+top_k_value = checked(int, lambda k: k >= 0, "must be an integer >= 0 (0 = no limit)")
+top_p_value = checked(float, lambda p: 0 < p <= 1, "must be a number in (0, 1] (1 = no limit)")
+seed_value = checked(int, lambda n: 0 <= n < 2 ** 64, "must be an integer from 0 to 2**64 - 1")
 
 
 def stop_value(text: str) -> str:
