@@ -11,7 +11,9 @@ How it works:
    replaces it everywhere by a new token: merge i creates token id 256 + i. Ties go to the
    smallest (left_id, right_id), so the same text always gives the same merges.
 4. Encoding cuts a text into the same chunks and, inside each, replays the merges in the order
-   they were learned. Decoding joins the bytes of the tokens.
+   they were learned. Each distinct chunk is merged once (a cache); when a text brings many new
+   ones, numpy merges them all together, round by round (_merge_in_bulk, tested to agree with the
+   one-chunk-at-a-time `_encode_chunk`). Decoding joins the bytes of the tokens.
 
 The four files written by `save` (UTF-8 JSON, readable by a person):
 
@@ -49,6 +51,7 @@ from collections import Counter, defaultdict
 from heapq import heapify, heappop, heappush, heapreplace
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 FORMAT_VERSION = 1
@@ -88,6 +91,11 @@ _SCAN_OVERLAP = 8
 # one process's share of the file); past this many it starts afresh, so encoding a huge text
 # cannot grow the cache without bound.
 _CACHE_LIMIT = 200_000
+
+# From this many new distinct chunks on, encoding merges them all at once with numpy
+# (_merge_in_bulk); fewer (a prompt, a short line) are merged one by one (Tokenizer._encode_chunk).
+_BULK_MIN_CHUNKS = 64
+_BULK_MAX_CHARS = 200
 
 _ESCAPE_PREFIX = "<0x"
 _ESCAPED_RE = re.compile(r"(?:<0x[0-9A-F]{2}>)+")
@@ -316,6 +324,96 @@ def _merge_everywhere(pair, new, words, freqs, counts, where, heap) -> None:
         heappush(heap, (-n, p))
 
 
+class _RankTable:
+    """Pair -> merge rank for numpy arrays of pairs: an open-addressing hash table.
+
+    A pair (left, right) is the key left * vocab_size + right; its slot is the top `bits` bits of
+    key × an odd 64-bit constant (multiplicative hashing), or the next free slot after it. The
+    table is at most a quarter full, so a lookup rarely needs more than one or two probes.
+    """
+
+    MULTIPLIER = 0x9E3779B97F4A7C15   # 2^64 / golden ratio, odd: spreads nearby keys apart
+    NO_MERGE = np.iinfo(np.int64).max
+
+    def __init__(self, merges, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.bits = max(4, (4 * len(merges)).bit_length())
+        self.keys = np.full(1 << self.bits, -1, dtype=np.int64)   # -1: an empty slot
+        self.ranks = np.zeros(1 << self.bits, dtype=np.int64)
+        mask = (1 << self.bits) - 1
+        for rank, (a, b) in enumerate(merges):
+            key = a * vocab_size + b
+            slot = ((key * self.MULTIPLIER) & 0xFFFFFFFFFFFFFFFF) >> (64 - self.bits)
+            while self.keys[slot] != -1:
+                slot = (slot + 1) & mask
+            self.keys[slot] = key
+            self.ranks[slot] = rank
+
+    def lookup(self, left, right):
+        """The rank of each pair (left[i], right[i]) (int64 arrays), NO_MERGE where none."""
+        keys = left * self.vocab_size + right
+        slots = ((keys.astype(np.uint64) * np.uint64(self.MULTIPLIER))
+                 >> np.uint64(64 - self.bits)).astype(np.int64)
+        ranks = np.full(keys.size, self.NO_MERGE)
+        todo = np.arange(keys.size)   # the pairs not yet found or ruled out
+        while todo.size:
+            found = self.keys[slots]
+            hit = found == keys[todo]
+            ranks[todo[hit]] = self.ranks[slots[hit]]
+            go_on = ~hit & (found != -1)   # an occupied slot holding another key: probe the next
+            todo, slots = todo[go_on], (slots[go_on] + 1) & ((1 << self.bits) - 1)
+        return ranks
+
+
+def _merge_in_bulk(chunks: list[str], table: _RankTable):
+    """Encode many distinct chunks at once: the ids of all of them one after another (int64), and
+    how many ids each chunk got. Raises UnicodeEncodeError when a chunk holds a lone surrogate.
+
+    The same result as Tokenizer._encode_chunk on each chunk, with numpy doing the work for all
+    chunks together: every round, each chunk applies its lowest-ranked mergeable pair at every
+    occurrence, leftmost first, which is the order _encode_chunk replays them in. A chunk with no
+    pair left to merge leaves the working arrays.
+    """
+    lengths = np.fromiter(map(len, map(str.encode, chunks)), dtype=np.int64, count=len(chunks))
+    ids = np.frombuffer("".join(chunks).encode("utf-8"), dtype=np.uint8).astype(np.int64)
+    owner = np.repeat(np.arange(len(chunks)), lengths)   # which chunk each position belongs to
+    no_merge = table.NO_MERGE
+    done_ids, done_owner = [], []
+    while ids.size:
+        # pair_rank[i]: rank of the merge of (ids[i], ids[i + 1]), or no_merge (also at chunk ends)
+        pair_rank = np.full(ids.size, no_merge)
+        pair_rank[:-1] = table.lookup(ids[:-1], ids[1:])
+        pair_rank[:-1][owner[:-1] != owner[1:]] = no_merge
+
+        # each chunk's lowest rank, spread over its positions; chunks with none are finished
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        lowest = np.repeat(np.minimum.reduceat(pair_rank, starts), np.diff(np.r_[starts, ids.size]))
+        finished = lowest == no_merge
+        if finished.any():
+            done_ids.append(ids[finished])
+            done_owner.append(owner[finished])
+            active = ~finished
+            ids, owner, pair_rank, lowest = ids[active], owner[active], pair_rank[active], lowest[active]
+            if not ids.size:
+                break
+
+        merge_at = pair_rank == lowest   # the left position of each occurrence of the chunk's pair
+        # (x, x) in a run "x x x": occurrences overlap; keep every other one from the run's start
+        overlaps = np.r_[False, merge_at[1:] & merge_at[:-1]]
+        if overlaps.any():
+            position = np.arange(ids.size)
+            run_start = np.maximum.accumulate(np.where(merge_at & ~overlaps, position, 0))
+            merge_at &= (position - run_start) % 2 == 0
+        ids[merge_at] = NUM_BYTES + pair_rank[merge_at]          # the left token becomes the new one
+        kept = ~np.r_[False, merge_at[:-1]]                      # and the right token goes
+        ids, owner = ids[kept], owner[kept]
+
+    owner = np.concatenate(done_owner) if done_owner else np.zeros(0, dtype=np.int64)
+    ids = np.concatenate(done_ids) if done_ids else np.zeros(0, dtype=np.int64)
+    order = np.argsort(owner, kind="stable")   # back to chunk order; each chunk's ids stay in order
+    return ids[order], np.bincount(owner, minlength=len(chunks))
+
+
 # --- the tokenizer ----------------------------------------------------------------------------
 
 class Tokenizer:
@@ -333,6 +431,7 @@ class Tokenizer:
         # for encoding: pair (as a 2-character str) -> rank, and rank -> that pair
         self._pair_strs = [chr(a) + chr(b) for a, b in self._merges]
         self._ranks = {pair: rank for rank, pair in enumerate(self._pair_strs)}
+        self._rank_table = _RankTable(self._merges, self.vocab_size)  # the same, for numpy
 
     @property
     def vocab_size(self) -> int:
@@ -449,9 +548,29 @@ class Tokenizer:
             for chunks in chunk_blocks(piece):
                 if len(cache) > _CACHE_LIMIT:
                     cache.clear()
-                for chunk in set(chunks).difference(cache):
-                    cache[chunk] = array(typecode, self._encode_chunk(chunk)).tobytes()
+                cache.update(self._encode_new_chunks(set(chunks).difference(cache)))
                 yield b"".join(map(cache.__getitem__, chunks))
+
+    def _encode_new_chunks(self, chunks) -> dict[str, bytes]:
+        """chunk -> the bytes of an array of its ids, for each of the distinct chunks given.
+        Many at once go to _merge_in_bulk (numpy, all chunks together); a few go one by one, and
+        so does a very long chunk (a line of dashes, a DNA string): it would keep the bulk's
+        rounds going long after the other chunks are done, where str.replace is quick."""
+        if not self._merges or len(chunks) < _BULK_MIN_CHUNKS:
+            bulk, alone = [], chunks
+        elif max(map(len, chunks)) <= _BULK_MAX_CHARS:   # the usual case: no long chunk
+            bulk, alone = list(chunks), []
+        else:
+            bulk = [chunk for chunk in chunks if len(chunk) <= _BULK_MAX_CHARS]
+            alone = [chunk for chunk in chunks if len(chunk) > _BULK_MAX_CHARS]
+        typecode = self.typecode
+        encoded = {chunk: array(typecode, self._encode_chunk(chunk)).tobytes() for chunk in alone}
+        if bulk:
+            ids, counts = _merge_in_bulk(bulk, self._rank_table)
+            data = ids.astype(np.dtype(typecode)).tobytes()
+            ends = (np.cumsum(counts) * array(typecode).itemsize).tolist()
+            encoded.update(zip(bulk, map(data.__getitem__, map(slice, [0] + ends, ends))))
+        return encoded
 
     def encode(self, text: str) -> list[int]:
         """Text -> token ids; decode(encode(text)) == text for every str (lone surrogates aside)."""
@@ -468,7 +587,9 @@ class Tokenizer:
     def count_tokens(self, chunk_freq: Counter) -> int:
         """How many tokens a text with these chunk counts encodes to, encoding each distinct chunk
         once: for count_chunks([text]) it is len(encode(text)), at a fraction of the work."""
-        return sum(n * len(self._encode_chunk(chunk)) for chunk, n in chunk_freq.items())
+        encoded = self._encode_new_chunks(list(chunk_freq))   # chunk -> bytes of its ids
+        num_bytes = sum(n * len(encoded[chunk]) for chunk, n in chunk_freq.items())
+        return num_bytes // array(self.typecode).itemsize
 
     def encode_ranges(self, path, ranges):
         """Yield the ids of each byte range [start, end) of a UTF-8 file (see read_pieces) as an

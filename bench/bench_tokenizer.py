@@ -70,6 +70,13 @@ def main() -> None:
     wall, cpu, ids = median_time(lambda: tok.encode(text), args.repeats)
     print(f"encode: {megabytes / wall:.1f} MB/s wall, {megabytes / cpu:.1f} MB/s CPU "
           f"({wall:.3f} s, {cpu:.3f} s)  (target >= 5 MB/s)")
+    # the path train.py takes: the file in ranges on worker processes (here one range per core)
+    workers = os.cpu_count() or 1
+    wall, _, arrays = median_time(lambda: list(tok.encode_file(args.input, workers=workers)),
+                                  args.repeats)
+    print(f"encode_file, {workers} worker processes: {megabytes / wall:.1f} MB/s wall "
+          f"({wall:.3f} s)")
+    assert [i for a in arrays for i in a] == ids, "encode_file disagrees with encode"
     wall, cpu, decoded = median_time(lambda: tok.decode(ids), args.repeats)
     print(f"decode: {megabytes / wall:.1f} MB/s wall, {megabytes / cpu:.1f} MB/s CPU "
           f"({wall:.3f} s, {cpu:.3f} s)  (target >= 20 MB/s)")

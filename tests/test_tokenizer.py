@@ -248,6 +248,36 @@ def test_a_single_long_chunk_encodes_as_training_segmented_it():
     assert tok.encode(text) == segmentation[text]
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_bulk_merging_gives_the_one_by_one_encoding(seed, monkeypatch):
+    # Many new chunks are merged all at once with numpy, a few one by one: both must agree with
+    # the plain reference, including runs like "aaaaa" where the occurrences of a pair overlap.
+    text = random_corpus(seed, 400) if seed else input_slice(200_000, 20_000)
+    tok = Tokenizer()
+    tok.train(text + " aaaaaaa aaaa bbbbb aaaaa", 360)
+    expected = reference_encode(tok.merges, text)
+    monkeypatch.setattr(tokenizer, "_BULK_MIN_CHUNKS", 1)   # every chunk goes through numpy
+    assert tok.encode(text) == expected
+    monkeypatch.setattr(tokenizer, "_BULK_MAX_CHARS", 3)    # ... except those over 3 characters
+    assert tok.encode(text) == expected
+    monkeypatch.setattr(tokenizer, "_BULK_MIN_CHUNKS", 10**9)  # every chunk one by one
+    assert tok.encode(text) == expected
+
+
+@PROPERTY
+@given(st.lists(st.text(alphabet=st.sampled_from("ab \n😀é"), min_size=1, max_size=30),
+                min_size=1, max_size=40))
+def test_bulk_merging_matches_the_reference_on_any_chunks(shakespeare_tok, pieces):
+    tok = Tokenizer()
+    tok.train("".join(pieces) * 2 + "abab aabb aaaa", 300)
+    chunks = sorted(set(chain.from_iterable(map(SPLIT_RE.findall, pieces))))
+    for t in (tok, shakespeare_tok):
+        ids, counts = tokenizer._merge_in_bulk(chunks, t._rank_table)
+        ids, ends = ids.tolist(), [0] + counts.cumsum().tolist()
+        assert [ids[a:b] for a, b in zip(ends, ends[1:])] == [
+            reference_encode(t.merges, chunk) for chunk in chunks]
+
+
 def test_encode_is_unchanged_when_the_chunk_cache_overflows(shakespeare_tok, monkeypatch):
     text = input_slice(30_000, 5_000)
     expected = shakespeare_tok.encode(text)
