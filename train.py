@@ -358,6 +358,7 @@ def write_cache(cache: Path, input_path: Path, tokenizer: Tokenizer, workers: in
     """Tokenize the input into the cache file: written under a temporary name and renamed when complete.
     A folder we may not write to only costs a re-tokenization next time."""
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    remove_abandoned_cache_temps(cache.parent, say)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
@@ -368,6 +369,27 @@ def write_cache(cache: Path, input_path: Path, tokenizer: Tokenizer, workers: in
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)        # only left when something failed
+
+
+def remove_abandoned_cache_temps(cache_dir: Path, say) -> None:
+    """A run killed while tokenizing leaves NAME.tokens.npy.PID.tmp in .cache/. Remove those whose
+    process is gone; a live PID may be another run tokenizing right now."""
+    for tmp in cache_dir.glob("*.tokens.npy.*.tmp"):
+        pid = tmp.name.split(".")[-2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                say(f"note: removed {tmp}, left by an interrupted tokenization")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)              # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True                  # exists, owned by someone else
+    return True
 
 
 def tokenize_to_temp_file(input_path: Path, tokenizer: Tokenizer, workers: int,

@@ -201,6 +201,24 @@ def test_sigkill_at_any_moment_loses_no_finished_checkpoint_and_resuming_ends_as
     assert not list(weights.glob("*.tmp"))                  # the killed saves' temp files are cleared away
 
 
+def test_temp_file_of_a_killed_tokenization_is_removed_by_the_next_run(scripts, tiny):
+    # A kill while tokenizing leaves NAME.tokens.npy.PID.tmp in .cache/; a later run removes it,
+    # but not one whose process still runs (another train.py may be tokenizing right now).
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()                                           # its PID names no process any more
+    cache_dir = tiny["root"] / ".cache"
+    cache_dir.mkdir()
+    abandoned = cache_dir / f"input.txt.0123456789abcdef.tokens.npy.{gone.pid}.tmp"
+    in_use = cache_dir / f"input.txt.fedcba9876543210.tokens.npy.{os.getpid()}.tmp"
+    abandoned.write_bytes(b"half")
+    in_use.write_bytes(b"half")
+    result = scripts.run("train.py", *train_args(tiny), cwd=tiny["root"])
+    assert result.returncode == 0, result.stderr
+    assert not abandoned.exists() and in_use.exists()
+    assert f"removed {abandoned}" in result.stderr
+    assert list(cache_dir.glob("*.tokens.npy"))            # and the ids were cached as usual
+
+
 def test_full_disk_during_a_checkpoint_write_is_one_error_line_and_keeps_the_last_checkpoint(
         scripts, tiny, tmp_path):
     weights = tmp_path / "full"
