@@ -338,16 +338,16 @@ class _RankTable:
     def __init__(self, merges, vocab_size: int) -> None:
         self.vocab_size = vocab_size
         self.bits = max(4, (4 * len(merges)).bit_length())
-        self.keys = np.full(1 << self.bits, -1, dtype=np.int64)   # -1: an empty slot
-        self.ranks = np.zeros(1 << self.bits, dtype=np.int64)
+        keys, ranks = [-1] * (1 << self.bits), [0] * (1 << self.bits)   # -1: an empty slot
         mask = (1 << self.bits) - 1
         for rank, (a, b) in enumerate(merges):
             key = a * vocab_size + b
             slot = ((key * self.MULTIPLIER) & 0xFFFFFFFFFFFFFFFF) >> (64 - self.bits)
-            while self.keys[slot] != -1:
+            while keys[slot] != -1:
                 slot = (slot + 1) & mask
-            self.keys[slot] = key
-            self.ranks[slot] = rank
+            keys[slot], ranks[slot] = key, rank
+        self.keys = np.array(keys, dtype=np.int64)
+        self.ranks = np.array(ranks, dtype=np.int64)
 
     def lookup(self, left, right):
         """The rank of each pair (left[i], right[i]) (int64 arrays), NO_MERGE where none."""
