@@ -13,7 +13,7 @@ block_size = 128           # context length: how many tokens the model sees at o
 emb_len = 192              # width of every token vector (the embedding / residual stream size)
 num_layers = 6             # number of transformer blocks stacked on top of each other
 num_heads = 6              # attention heads per block; emb_len must be divisible by it
-dropout = 0.15             # probability of zeroing activations during training (regularisation)
+dropout = 0.2              # probability of zeroing activations during training (regularisation)
 
 # --- optimisation ----------------------------------------------------------------------------
 batch_size = 16            # sequences per optimisation step (per process, before accumulation)
