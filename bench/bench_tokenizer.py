@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import tokenizer  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 
@@ -70,6 +71,14 @@ def main() -> None:
     wall, cpu, ids = median_time(lambda: tok.encode(text), args.repeats)
     print(f"encode: {megabytes / wall:.1f} MB/s wall, {megabytes / cpu:.1f} MB/s CPU "
           f"({wall:.3f} s, {cpu:.3f} s)  (target >= 5 MB/s)")
+    # the same with every chunk merged one by one (the plain path), for the ratio
+    bulk_min = tokenizer._BULK_MIN_CHUNKS
+    tokenizer._BULK_MIN_CHUNKS = float("inf")
+    plain_wall, plain_cpu, plain_ids = median_time(lambda: tok.encode(text), args.repeats)
+    tokenizer._BULK_MIN_CHUNKS = bulk_min
+    assert plain_ids == ids, "the one-by-one path disagrees"
+    print(f"encode, chunks merged one by one: {megabytes / plain_wall:.1f} MB/s wall "
+          f"({plain_wall:.3f} s; numpy bulk merging is {plain_wall / wall:.2f}x faster)")
     # the path train.py takes: the file in ranges on worker processes (here one range per core)
     workers = os.cpu_count() or 1
     wall, _, arrays = median_time(lambda: list(tok.encode_file(args.input, workers=workers)),
