@@ -381,12 +381,13 @@ def _merge_in_bulk(chunks: list[str], table: _RankTable):
     done_ids, done_owner = [], []
     while ids.size:
         # pair_rank[i]: rank of the merge of (ids[i], ids[i + 1]), or no_merge (also at chunk ends)
+        chunk_ends_here = owner[:-1] != owner[1:]
         pair_rank = np.full(ids.size, no_merge)
         pair_rank[:-1] = table.lookup(ids[:-1], ids[1:])
-        pair_rank[:-1][owner[:-1] != owner[1:]] = no_merge
+        pair_rank[:-1][chunk_ends_here] = no_merge
 
         # each chunk's lowest rank, spread over its positions; chunks with none are finished
-        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        starts = np.flatnonzero(np.r_[True, chunk_ends_here])
         lowest = np.repeat(np.minimum.reduceat(pair_rank, starts), np.diff(np.r_[starts, ids.size]))
         finished = lowest == no_merge
         if finished.any():
@@ -558,8 +559,6 @@ class Tokenizer:
         rounds going long after the other chunks are done, where str.replace is quick."""
         if not self._merges or len(chunks) < _BULK_MIN_CHUNKS:
             bulk, alone = [], chunks
-        elif max(map(len, chunks)) <= _BULK_MAX_CHARS:   # the usual case: no long chunk
-            bulk, alone = list(chunks), []
         else:
             bulk = [chunk for chunk in chunks if len(chunk) <= _BULK_MAX_CHARS]
             alone = [chunk for chunk in chunks if len(chunk) > _BULK_MAX_CHARS]
