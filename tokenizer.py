@@ -11,9 +11,10 @@ How it works:
    replaces it everywhere by a new token: merge i creates token id 256 + i. Ties go to the
    smallest (left_id, right_id), so the same text always gives the same merges.
 4. Encoding cuts a text into the same chunks and, inside each, replays the merges in the order
-   they were learned. Each distinct chunk is merged once (a cache); when a text brings many new
-   ones, numpy merges them all together, round by round (_merge_in_bulk, tested to agree with the
-   one-chunk-at-a-time `_encode_chunk`). Decoding joins the bytes of the tokens.
+   they were learned. Each distinct chunk is merged once and remembered (a cache kept across
+   calls); when a text brings many new ones, numpy merges them all together, round by round
+   (_merge_in_bulk, tested to agree with the one-chunk-at-a-time `_encode_chunk`). Decoding
+   joins the bytes of the tokens.
 
 The four files written by `save` (UTF-8 JSON, readable by a person):
 
@@ -87,9 +88,9 @@ _RANGE_BYTES = 4 << 20   # encode_file hands out the file in ranges this size (t
 _SCAN_BYTES = 1 << 16
 _SCAN_OVERLAP = 8
 
-# encode() remembers the ids of the distinct chunks it meets during one call (encode_file: during
-# one process's share of the file); past this many it starts afresh, so encoding a huge text
-# cannot grow the cache without bound.
+# A tokenizer remembers the ids of every distinct chunk it has encoded, across calls (most chunks
+# recur: in a long text, and from one prompt or document to the next). Past this many chunks it
+# starts afresh, so encoding a huge text cannot grow the cache without bound.
 _CACHE_LIMIT = 200_000
 
 # From this many new distinct chunks on, encoding merges them all at once with numpy
@@ -378,16 +379,21 @@ def _merge_in_bulk(chunks: list[str], table: _RankTable):
     ids = np.frombuffer("".join(chunks).encode("utf-8"), dtype=np.uint8).astype(np.int64)
     owner = np.repeat(np.arange(len(chunks)), lengths)   # which chunk each position belongs to
     no_merge = table.NO_MERGE
+
+    def pair_ranks(at):
+        """The rank of merging (ids[i], ids[i + 1]) for each i in at; no_merge across chunk ends."""
+        ranks = table.lookup(ids[at], ids[at + 1])
+        ranks[owner[at] != owner[at + 1]] = no_merge
+        return ranks
+
+    # pair_rank[i]: rank of the merge of (ids[i], ids[i + 1]), or no_merge (also at chunk ends).
+    # Computed once here; after that only the pairs next to a merge change, so only they are redone.
+    pair_rank = np.full(ids.size, no_merge)
+    pair_rank[:-1] = pair_ranks(np.arange(ids.size - 1))
     done_ids, done_owner = [], []
     while ids.size:
-        # pair_rank[i]: rank of the merge of (ids[i], ids[i + 1]), or no_merge (also at chunk ends)
-        chunk_ends_here = owner[:-1] != owner[1:]
-        pair_rank = np.full(ids.size, no_merge)
-        pair_rank[:-1] = table.lookup(ids[:-1], ids[1:])
-        pair_rank[:-1][chunk_ends_here] = no_merge
-
         # each chunk's lowest rank, spread over its positions; chunks with none are finished
-        starts = np.flatnonzero(np.r_[True, chunk_ends_here])
+        starts = np.flatnonzero(np.r_[True, owner[:-1] != owner[1:]])
         lowest = np.repeat(np.minimum.reduceat(pair_rank, starts), np.diff(np.r_[starts, ids.size]))
         finished = lowest == no_merge
         if finished.any():
@@ -407,7 +413,13 @@ def _merge_in_bulk(chunks: list[str], table: _RankTable):
             merge_at &= (position - run_start) % 2 == 0
         ids[merge_at] = NUM_BYTES + pair_rank[merge_at]          # the left token becomes the new one
         kept = ~np.r_[False, merge_at[:-1]]                      # and the right token goes
-        ids, owner = ids[kept], owner[kept]
+        new_at = (np.cumsum(kept) - 1)[merge_at]                 # where the new tokens are now
+        ids, owner, pair_rank = ids[kept], owner[kept], pair_rank[kept]
+        # the pairs (new, right neighbour) and (left neighbour, new) are the only ones that changed
+        redo = np.concatenate((new_at - 1, new_at))   # (a position may come twice: harmless)
+        redo = redo[(redo >= 0) & (redo < ids.size - 1)]
+        pair_rank[redo] = pair_ranks(redo)
+        pair_rank[-1] = no_merge   # the last position has no right neighbour
 
     owner = np.concatenate(done_owner) if done_owner else np.zeros(0, dtype=np.int64)
     ids = np.concatenate(done_ids) if done_ids else np.zeros(0, dtype=np.int64)
@@ -433,6 +445,7 @@ class Tokenizer:
         self._pair_strs = [chr(a) + chr(b) for a, b in self._merges]
         self._ranks = {pair: rank for rank, pair in enumerate(self._pair_strs)}
         self._rank_table = _RankTable(self._merges, self.vocab_size)  # the same, for numpy
+        self._chunk_cache: dict[str, bytes] = {}   # chunk -> the bytes of its ids (_CACHE_LIMIT)
 
     @property
     def vocab_size(self) -> int:
@@ -540,17 +553,23 @@ class Tokenizer:
         vocabulary has at most 65,536 tokens, else "I" (4 bytes)."""
         return "H" if self.vocab_size <= 1 << 16 else "I"
 
-    def _encode_blocks(self, pieces, cache: dict[str, bytes]):
+    def _encode_blocks(self, pieces):
         """Yield the ids of the pieces' text, a block at a time (see chunk_blocks), as the bytes
-        of an array of self.typecode. cache maps chunk -> the bytes of its ids: most chunks
-        repeat, and joining bytes is much faster than building a list of ints."""
-        typecode = self.typecode
+        of an array of self.typecode. The chunk cache maps chunk -> the bytes of its ids: most
+        chunks repeat, and joining bytes is much faster than building a list of ints."""
+        cache = self._chunk_cache
         for piece in pieces:
             for chunks in chunk_blocks(piece):
-                if len(cache) > _CACHE_LIMIT:
-                    cache.clear()
-                cache.update(self._encode_new_chunks(set(chunks).difference(cache)))
-                yield b"".join(map(cache.__getitem__, chunks))
+                try:   # once the cache is warm, every chunk is in it
+                    block = b"".join(map(cache.__getitem__, chunks))
+                except KeyError:   # some are new: merge those (all together), then join
+                    if len(cache) > _CACHE_LIMIT:
+                        # a new dict rather than clear(): a thread still reading the old one
+                        # finds what it put there
+                        cache = self._chunk_cache = {}
+                    cache.update(self._encode_new_chunks(list(set(chunks).difference(cache))))
+                    block = b"".join(map(cache.__getitem__, chunks))
+                yield block
 
     def _encode_new_chunks(self, chunks) -> dict[str, bytes]:
         """chunk -> the bytes of an array of its ids, for each of the distinct chunks given.
@@ -560,8 +579,8 @@ class Tokenizer:
         if not self._merges or len(chunks) < _BULK_MIN_CHUNKS:
             bulk, alone = [], chunks
         else:
-            bulk = [chunk for chunk in chunks if len(chunk) <= _BULK_MAX_CHARS]
             alone = [chunk for chunk in chunks if len(chunk) > _BULK_MAX_CHARS]
+            bulk = [chunk for chunk in chunks if len(chunk) <= _BULK_MAX_CHARS] if alone else chunks
         typecode = self.typecode
         encoded = {chunk: array(typecode, self._encode_chunk(chunk)).tobytes() for chunk in alone}
         if bulk:
@@ -577,7 +596,7 @@ class Tokenizer:
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
         ids = array(self.typecode)
         try:
-            for block in self._encode_blocks([text], {}):
+            for block in self._encode_blocks([text]):
                 ids.frombytes(block)
         except UnicodeEncodeError:
             raise _surrogate_error(text) from None
@@ -592,11 +611,10 @@ class Tokenizer:
 
     def encode_ranges(self, path, ranges):
         """Yield the ids of each byte range [start, end) of a UTF-8 file (see read_pieces) as an
-        array of self.typecode. One chunk cache serves all the ranges."""
-        cache: dict[str, bytes] = {}
+        array of self.typecode."""
         for start, end in ranges:
             ids = array(self.typecode)
-            for block in self._encode_blocks(read_pieces(path, start, end), cache):
+            for block in self._encode_blocks(read_pieces(path, start, end)):
                 ids.frombytes(block)
             yield ids
 

@@ -1,4 +1,5 @@
 """Tests of tokenizer.py: the fast trainer against a plain one, round trips, files, errors."""
+import copy
 import json
 import random
 from collections import Counter
@@ -256,12 +257,13 @@ def test_bulk_merging_gives_the_one_by_one_encoding(seed, monkeypatch):
     tok = Tokenizer()
     tok.train(text + " aaaaaaa aaaa bbbbb aaaaa", 360)
     expected = reference_encode(tok.merges, text)
+    # each time a copy, whose chunk cache is empty: the tokenizer remembers chunks across calls
     monkeypatch.setattr(tokenizer, "_BULK_MIN_CHUNKS", 1)   # every chunk goes through numpy
-    assert tok.encode(text) == expected
+    assert copy.deepcopy(tok).encode(text) == expected
     monkeypatch.setattr(tokenizer, "_BULK_MAX_CHARS", 3)    # ... except those over 3 characters
-    assert tok.encode(text) == expected
+    assert copy.deepcopy(tok).encode(text) == expected
     monkeypatch.setattr(tokenizer, "_BULK_MIN_CHUNKS", 10**9)  # every chunk one by one
-    assert tok.encode(text) == expected
+    assert copy.deepcopy(tok).encode(text) == expected
 
 
 @PROPERTY
@@ -279,10 +281,29 @@ def test_bulk_merging_matches_the_reference_on_any_chunks(shakespeare_tok, piece
 
 
 def test_encode_is_unchanged_when_the_chunk_cache_overflows(shakespeare_tok, monkeypatch):
-    text = input_slice(30_000, 5_000)
-    expected = shakespeare_tok.encode(text)
+    text, other = input_slice(30_000, 5_000), input_slice(90_000, 5_000)
+    expected = copy.deepcopy(shakespeare_tok).encode(text)
     monkeypatch.setattr(tokenizer, "_CACHE_LIMIT", 3)
-    assert shakespeare_tok.encode(text) == expected
+    tok = copy.deepcopy(shakespeare_tok)
+    assert tok.encode(text) == expected
+    assert tok.encode(other) == reference_encode(tok.merges, other)
+    assert set(tok._chunk_cache) == set(SPLIT_RE.findall(other))   # text's chunks were let go
+    assert tok.encode(text) == expected
+
+
+def test_the_chunk_cache_carries_over_between_calls_and_never_goes_stale():
+    first, second = input_slice(0, 6_000), input_slice(50_000, 6_000)
+    tok = Tokenizer()
+    tok.train(first, 400)
+    assert tok.encode(first) == reference_encode(tok.merges, first)
+    assert set(SPLIT_RE.findall(first)) <= set(tok._chunk_cache)   # remembered for the next call
+    assert tok.encode(first + second) == reference_encode(tok.merges, first + second)
+    # new merges (train again, or load) must not reuse ids cached under the old ones
+    tok.train(second, 350)
+    assert tok._chunk_cache == {}
+    assert tok.encode(first) == reference_encode(tok.merges, first)
+    # copies (and the pickles encode_file's worker processes receive) start with an empty cache
+    assert copy.deepcopy(tok)._chunk_cache == {}
 
 
 def test_an_untrained_tokenizer_encodes_bytes():
