@@ -933,11 +933,18 @@ class Trainer:
         self.loop_start, self.loop_first_step, self.final_eval_s = time.monotonic(), state.step, None
         if budget_s is not None:
             self.fit_horizon(budget_s)           # from the previous runs' pace, when resuming
-        if state.step >= min(self.stop_at, state.horizon):
+        at_end = state.step >= min(self.stop_at, state.horizon)
+        out_of_time = budget_s is not None and self.minutes_so_far() >= cfg.max_minutes
+        if (at_end or out_of_time) and (last_lr := self.interrupted_final_evaluation()) is not None:
+            say(f"{self.latest_path} is at the end of its run (step {state.step}), but the run stopped during "
+                f"its final evaluation: doing that now")
+            self.final_evaluation(last_lr)
+            return 0
+        if at_end:
             say(f"nothing to do: {self.latest_path} is already at step {state.step} (stop at "
                 f"{min(self.stop_at, state.horizon)}); pass --max_iters N to train longer, or --fresh to start over")
             return 0
-        if budget_s is not None and self.minutes_so_far() >= cfg.max_minutes:
+        if out_of_time:
             say(f"nothing to do: {self.latest_path} has used its {cfg.max_minutes:g}-minute budget "
                 f"({self.minutes_so_far():.1f} min); pass --max_minutes M to train longer, or --fresh to start over")
             return 0
@@ -1100,6 +1107,21 @@ class Trainer:
         self.say(f"step {state.step}: {train_part}val {result.loss_per_token:.4f} nats/token, "
                  f"{result.nats_per_char:.4f} nats/char, {result.bits_per_char:.4f} bits/char"
                  f"{' (best, saved)' if improved else ''}")
+
+    def interrupted_final_evaluation(self) -> float | None:
+        """If the run was killed during its final evaluation, the learning rate of its last step;
+        else None. The sign: loss_history.csv ends with a row for the checkpoint's own step (its
+        last evaluation, which holds that rate) that is not the full pass. Rank 0 reads the file
+        and tells the others, which take part in the evaluation too."""
+        missing, lr = 0.0, 0.0
+        if self.procs.is_main and self.ckpt is not None:
+            with contextlib.suppress(OSError, csv.Error, ValueError):
+                with open(self.weights_dir / HISTORY_CSV, newline="") as f:
+                    rows = list(csv.DictReader(f))
+                if rows and rows[-1].get("step") == str(self.state.step) and rows[-1].get("eval") == "windows":
+                    missing, lr = 1.0, float(rows[-1]["lr"])
+        missing, lr = all_reduce_sum([missing, lr], self.procs, self.device)
+        return lr if missing else None
 
     def final_evaluation(self, lr: float) -> None:
         """The whole validation split, every token scored once: the run's headline figure."""

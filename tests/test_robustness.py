@@ -201,6 +201,25 @@ def test_sigkill_at_any_moment_loses_no_finished_checkpoint_and_resuming_ends_as
     assert not list(weights.glob("*.tmp"))                  # the killed saves' temp files are cleared away
 
 
+def test_a_run_killed_during_its_final_evaluation_does_it_on_the_next_run(scripts, tiny):
+    # The tiny run's folder as a kill during the final full pass leaves it: every checkpoint
+    # written, the history without its last ("full") row.
+    weights, history_csv = tiny["weights_dir"], tiny["weights_dir"] / "loss_history.csv"
+    lines = history_csv.read_text().splitlines(keepends=True)
+    assert lines[-1].rstrip().endswith(",full")
+    history_csv.write_text("".join(lines[:-1]))
+    checkpoints = {name: digest for name, digest in file_hashes(weights).items() if name.endswith(".pth")}
+
+    result = scripts.run("train.py", *train_args(tiny), cwd=tiny["root"])
+    assert result.returncode == 0 and "stopped during its final evaluation" in result.stderr, result.stderr
+    assert history(weights) == history(tiny["reference"])        # the same full row as the unkilled run
+    assert {n: d for n, d in file_hashes(weights).items() if n.endswith(".pth")} == checkpoints
+
+    again = scripts.run("train.py", *train_args(tiny), cwd=tiny["root"])
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
+    assert history(weights) == history(tiny["reference"])
+
+
 def test_temp_file_of_a_killed_tokenization_is_removed_by_the_next_run(scripts, tiny):
     # A kill while tokenizing leaves NAME.tokens.npy.PID.tmp in .cache/; a later run removes it,
     # but not one whose process still runs (another train.py may be tokenizing right now).
