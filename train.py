@@ -733,13 +733,18 @@ def best_checkpoint(model, step: int, result: EvalResult, cfg, model_config, tok
 
 # ─────────────────────────────────────────── history ─────────────────────────────────────────────
 
+def read_history(path: Path) -> list[dict]:
+    """The rows of loss_history.csv, as dicts keyed by HISTORY_COLUMNS."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def trim_history(path: Path, step: int) -> None:
     """Keep the complete rows of evaluations up to `step` (the resumed checkpoint's). Later rows come
     from a run killed before its weights-latest.pth was written; the resumed run writes them again."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_history(path)
     keep = [row for row in rows if set(row) == set(HISTORY_COLUMNS) and None not in row.values()
             and row["step"].isdigit() and int(row["step"]) <= step]
     if len(keep) < len(rows):
@@ -775,8 +780,7 @@ def plot_history(csv_path: Path, png_path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    with open(csv_path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["eval"] == "windows"]
+    rows = [r for r in read_history(csv_path) if r["eval"] == "windows"]
     if not rows:
         return
     steps = [int(r["step"]) for r in rows]
@@ -1116,8 +1120,7 @@ class Trainer:
         missing, lr = 0.0, 0.0
         if self.procs.is_main and self.ckpt is not None:
             with contextlib.suppress(OSError, csv.Error, ValueError):
-                with open(self.weights_dir / HISTORY_CSV, newline="") as f:
-                    rows = list(csv.DictReader(f))
+                rows = read_history(self.weights_dir / HISTORY_CSV)
                 if rows and rows[-1].get("step") == str(self.state.step) and rows[-1].get("eval") == "windows":
                     missing, lr = 1.0, float(rows[-1]["lr"])
         missing, lr = all_reduce_sum([missing, lr], self.procs, self.device)

@@ -208,12 +208,14 @@ def test_a_run_killed_during_its_final_evaluation_does_it_on_the_next_run(script
     lines = history_csv.read_text().splitlines(keepends=True)
     assert lines[-1].rstrip().endswith(",full")
     history_csv.write_text("".join(lines[:-1]))
-    checkpoints = {name: digest for name, digest in file_hashes(weights).items() if name.endswith(".pth")}
+    def checkpoint_hashes():
+        return {name: digest for name, digest in file_hashes(weights).items() if name.endswith(".pth")}
+    checkpoints = checkpoint_hashes()
 
     result = scripts.run("train.py", *train_args(tiny), cwd=tiny["root"])
     assert result.returncode == 0 and "stopped during its final evaluation" in result.stderr, result.stderr
     assert history(weights) == history(tiny["reference"])        # the same full row as the unkilled run
-    assert {n: d for n, d in file_hashes(weights).items() if n.endswith(".pth")} == checkpoints
+    assert checkpoint_hashes() == checkpoints
 
     again = scripts.run("train.py", *train_args(tiny), cwd=tiny["root"])
     assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
