@@ -487,11 +487,32 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 # ─────────────────────────────────────────── training ────────────────────────────────────────────
 
+OPTIMIZERS = ("adamw", "muon")
+
+
 def configure_optimizer(model: nn.Module, learning_rate: float, weight_decay: float,
-                        betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+                        betas: tuple[float, float] = (0.9, 0.95), optimizer: str = "adamw",
+                        muon_lr: float = 0.02):
+    """The optimizer for training `model`: "adamw" (everything), or "muon" (Muon for the weight
+    matrices inside the blocks, AdamW for the rest; see MuonWithAdamW) with peak rate muon_lr
+    for Muon's part. The trainer sets the rates every step (see train.py's train_step)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "muon":
+        matrices = [p for name, p in model.named_parameters()
+                    if p.requires_grad and p.dim() == 2 and name.startswith("blocks.")]
+        in_muon = {id(p) for p in matrices}
+        params = [p for p in params if id(p) not in in_muon]
+        muon = Muon(matrices, lr=muon_lr)
+        return MuonWithAdamW(muon, adamw(params, learning_rate, weight_decay, betas))
+    return adamw(params, learning_rate, weight_decay, betas)
+
+
+def adamw(params: list, learning_rate: float, weight_decay: float,
+          betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW that decays only >= 2-D parameters (matrices, embeddings). Biases and LayerNorm gains
     set offsets and scales; pulling them toward 0 only hurts."""
-    params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay},
@@ -505,6 +526,84 @@ def configure_optimizer(model: nn.Module, learning_rate: float, weight_decay: fl
         except (RuntimeError, ValueError, TypeError):
             pass
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """A matrix with g's singular vectors and every singular value near 1: roughly U Vᵀ for
+    g = U S Vᵀ (orthogonalize_exact), by a Newton–Schulz iteration. Each step maps every singular
+    value s to a·s + b·s³ + c·s⁵; these coefficients (Keller Jordan's, for Muon) pull any s in
+    (0, 1] into about [0.7, 1.2] within 5 steps, fast rather than exactly. Only matmuls, so it
+    costs a few small products per matrix, where an SVD would be slow on any device."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm() + 1e-7)          # Frobenius norm >= the largest singular value: all s <= 1
+    wide = x.size(0) <= x.size(1)
+    if not wide:
+        x = x.T                        # work with x xᵀ, the smaller of the two Gram matrices
+    for _ in range(steps):
+        gram = x @ x.T                                         # (rows, rows)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
+
+
+def orthogonalize_exact(g: torch.Tensor) -> torch.Tensor:
+    """U Vᵀ for g = U S Vᵀ, by SVD: what orthogonalize approximates (kept for reading and tests)."""
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    return u @ vh
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon ("MomentUm Orthogonalized by Newton–Schulz") for weight matrices: Nesterov momentum,
+    then each matrix's update is orthogonalized, so it moves the weights by the same amount in
+    every direction its singular vectors span, instead of mostly along the few directions that
+    dominate the raw gradient. Made for hidden matrices; embeddings, gains and biases stay with
+    AdamW."""
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95):
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.mul_(group["momentum"]).add_(p.grad)
+                update = p.grad.add(buf, alpha=group["momentum"])   # Nesterov: look one step ahead
+                # A tall matrix (rows > cols) gets a larger step: its orthogonalized update has
+                # smaller entries, sqrt(cols / rows) of a square one's.
+                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                p.add_(orthogonalize(update).to(p.dtype), alpha=-group["lr"] * scale)
+
+
+class MuonWithAdamW:
+    """Muon for the blocks' weight matrices and AdamW for the rest, driven as one optimizer: one
+    step, one zero_grad, one state_dict (what a checkpoint saves and resume restores)."""
+
+    def __init__(self, muon: Muon, adamw: torch.optim.AdamW):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self, closure=None):
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
 
 
 # ───────────────────────────────────────── devices ───────────────────────────────────────────────

@@ -18,7 +18,9 @@ dropout = 0.2              # probability of zeroing activations during training 
 # --- optimisation ----------------------------------------------------------------------------
 batch_size = 16            # sequences per optimisation step (per process, before accumulation)
 grad_accum_steps = 1       # micro-batches summed into one optimiser step
+optimizer = "adamw"        # "adamw", or "muon": Muon for the blocks' weight matrices, AdamW for the rest
 learning_rate = 1.5e-3     # peak AdamW learning rate, reached after warmup
+muon_lr = 0.02             # peak Muon learning rate (optimizer = "muon"); same warm-up and decay as learning_rate
 min_lr = 1.5e-4            # floor the cosine schedule decays to
 warmup_iters = 100         # steps of linear warmup from 0 to learning_rate
 max_iters = 100000         # most optimisation steps; the cosine schedule ends here or when max_minutes runs out

@@ -55,8 +55,9 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from Model import (CHECKPOINT_FORMAT_VERSION, CheckpointError, ModelConfig, Transformer, autocast_dtype,
-                   check_tokenizer_fingerprint, configure_optimizer, load_checkpoint, pick_device)
+from Model import (CHECKPOINT_FORMAT_VERSION, OPTIMIZERS, CheckpointError, ModelConfig, Transformer,
+                   autocast_dtype, check_tokenizer_fingerprint, configure_optimizer, load_checkpoint,
+                   pick_device)
 from tokenizer import Tokenizer, TokenizerError
 
 REPO = Path(__file__).resolve().parent
@@ -75,7 +76,8 @@ DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "f
 NEEDED_PARAMS = {"vocab_size": int, "block_size": int, "emb_len": int, "num_layers": int, "num_heads": int,
                  "dropout": float, "batch_size": int, "grad_accum_steps": int, "learning_rate": float,
                  "min_lr": float, "warmup_iters": int, "max_iters": int, "max_minutes": float,
-                 "weight_decay": float, "grad_clip": float, "eval_interval": int, "eval_windows": int}
+                 "weight_decay": float, "grad_clip": float, "eval_interval": int, "eval_windows": int,
+                 "optimizer": str, "muon_lr": float}
 
 
 class UserError(Exception):
@@ -102,9 +104,10 @@ def param_defaults() -> dict:
         raise UserError(f"Model_Params.py lacks {', '.join(missing)} — restore it with `git checkout Model_Params.py`")
     for name, kind in NEEDED_PARAMS.items():
         value = getattr(params, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-            raise UserError(f"Model_Params.py: {name} = {value!r} must be "
-                            f"{'a number' if kind is float else 'a whole number'}")
+        accepted, what = {float: ((int, float), "a number"), int: (int, "a whole number"),
+                          str: (str, "a quoted string")}[kind]
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise UserError(f"Model_Params.py: {name} = {value!r} must be {what}")
     defaults = {name: value for name, value in vars(params).items()
                 if not name.startswith("_") and isinstance(value, (bool, int, float, str))}
     return {**defaults, **{name: float(defaults[name]) for name, kind in NEEDED_PARAMS.items() if kind is float}}
@@ -217,6 +220,10 @@ def parse_settings(argv) -> argparse.Namespace:
     for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name} must not be negative, got {getattr(cfg, name)}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    if cfg.muon_lr <= 0:
+        raise UserError(f"--muon_lr must be above 0, got {cfg.muon_lr}")
     if cfg.learning_rate == 0:
         raise UserError("--learning_rate must be above 0")
     if not 0 <= cfg.dropout < 1:
@@ -696,6 +703,10 @@ def load_resume_state(path: Path, cfg, model_config: ModelConfig, tokenizer: Tok
     if ckpt.get("data_fingerprint") != data_fp:
         raise UserError(f"{path} was trained on a different input text than {cfg.input} (data fingerprint "
                         f"{ckpt.get('data_fingerprint')}, now {data_fp}) — use the same --input, or {fresh_hint}")
+    trained_with = ckpt.get("train_config", {}).get("optimizer", "adamw")
+    if trained_with != cfg.optimizer:
+        raise UserError(f"{path} was trained with --optimizer {trained_with}, not {cfg.optimizer} (their "
+                        f"saved states differ) — pass --optimizer {trained_with}, or {fresh_hint}")
     saved, wanted = ckpt["model_config"], model_config.to_dict()
     differ = [f"{k} {saved.get(k)} -> {wanted[k]}" for k in SHAPE_NAMES if saved.get(k) != wanted[k]]
     if differ:
@@ -887,7 +898,8 @@ class Trainer:
         self.previous_minutes = self.state.minutes
         self.state.horizon = cfg.max_iters       # with a time budget, run() may bring it closer
         self.model.to(device)
-        self.optimizer = configure_optimizer(self.model, cfg.learning_rate, cfg.weight_decay)
+        self.optimizer = configure_optimizer(self.model, cfg.learning_rate, cfg.weight_decay,
+                                             optimizer=cfg.optimizer, muon_lr=cfg.muon_lr)
         self.amp_dtype = choose_dtype(cfg.dtype, device)
         # float16 has too few exponent bits for small gradients: scale the loss up, unscale before
         # the step (skipping steps whose gradients overflowed). bfloat16 needs none of this.
@@ -1018,6 +1030,9 @@ class Trainer:
         cfg, procs = self.cfg, self.procs
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if cfg.optimizer == "muon":   # Muon's rate follows the same schedule, scaled to its peak
+            for group in self.optimizer.muon.param_groups:
+                group["lr"] = lr * cfg.muon_lr / cfg.learning_rate
         # The global batch, shaped (micro-steps, processes, batch_size): every process draws all
         # of it and trains on its own slice.
         starts = torch.randint(0, len(self.train_ids) - cfg.block_size,

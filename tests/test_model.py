@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from Model import (CheckpointError, KVCache, ModelConfig, Transformer, attend, autocast_dtype,
-                   check_tokenizer_fingerprint, configure_optimizer, load_checkpoint,
-                   model_from_checkpoint, pick_device, sample_next)
+from Model import (CheckpointError, KVCache, ModelConfig, MuonWithAdamW, Transformer, attend,
+                   autocast_dtype, check_tokenizer_fingerprint, configure_optimizer, load_checkpoint,
+                   model_from_checkpoint, orthogonalize, orthogonalize_exact, pick_device, sample_next)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -228,6 +228,84 @@ def test_configured_optimizer_takes_the_same_steps_as_plain_adamw():
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
     assert not torch.equal(model.tok_emb.weight, tiny_model().tok_emb.weight)    # it did move
+
+
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24), (16, 16)])
+def test_orthogonalize_keeps_the_singular_vectors_and_pulls_every_singular_value_near_one(shape):
+    torch.manual_seed(3)
+    k = min(shape)
+    u = torch.linalg.qr(torch.randn(shape[0], k))[0]              # orthonormal columns
+    vh = torch.linalg.qr(torch.randn(shape[1], k))[0].T
+    g = u @ torch.diag(torch.logspace(1, -0.5, k)) @ vh           # singular values 10 ... 0.3
+    fast = orthogonalize(g)
+    # In the basis of g's singular vectors the result is diagonal: only the values changed.
+    inner = u.T @ fast @ vh.T
+    off_diagonal = inner - torch.diag(torch.diagonal(inner))
+    assert off_diagonal.abs().max() < 1e-3
+    assert torch.diagonal(inner).min() > 0.6 and torch.diagonal(inner).max() < 1.25
+    exact = orthogonalize_exact(g)                               # all singular values exactly 1
+    assert torch.allclose(exact.T @ exact if shape[0] >= shape[1] else exact @ exact.T,
+                          torch.eye(min(shape)), atol=1e-5)
+    assert (fast - exact).norm() < 0.35 * exact.norm()
+
+
+def test_muon_moves_block_matrices_by_orthogonalized_nesterov_momentum_and_the_rest_by_adamw():
+    model, twin = tiny_model(), tiny_model()
+    opt = configure_optimizer(model, learning_rate=1e-2, weight_decay=0.1, optimizer="muon", muon_lr=0.05)
+    assert isinstance(opt, MuonWithAdamW)
+    in_muon = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+    assert in_muon == {id(p) for name, p in model.named_parameters()
+                       if p.dim() == 2 and name.startswith("blocks.")}
+    assert {id(p) for g in opt.adamw.param_groups for p in g["params"]} == \
+        {id(p) for p in model.parameters()} - in_muon                    # embeddings, gains, biases
+    plain = torch.optim.AdamW([{"params": [twin.tok_emb.weight, twin.pos_emb.weight], "weight_decay": 0.1},
+                               {"params": [p for p in twin.parameters() if p.dim() < 2], "weight_decay": 0.0}],
+                              lr=1e-2, betas=(0.9, 0.95), foreach=False)
+    torch.manual_seed(4)
+    grads = [[torch.randn_like(p) for p in model.parameters()] for _ in range(2)]
+    start = model.blocks[0].mlp.up.weight.detach().clone()           # (4E, E): a tall matrix
+    for net, o in ((model, opt), (twin, plain)):
+        for step_grads in grads:
+            for p, g in zip(net.parameters(), step_grads):
+                p.grad = g.clone()
+            o.step()
+            o.zero_grad()
+    names = [name for name, _ in model.named_parameters()]
+    g1, g2 = (step[names.index("blocks.0.mlp.up.weight")] for step in grads)
+    momentum = 0.95 * g1 + g2                                      # the buffer after two steps
+    scale = (4 * 32 / 32) ** 0.5                                   # tall: rows / cols = 4
+    expected = start - 0.05 * scale * (orthogonalize(g1) + orthogonalize(g2 + 0.95 * momentum))
+    assert torch.allclose(model.blocks[0].mlp.up.weight, expected, atol=1e-5)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        if id(p) not in in_muon:
+            assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_muon_state_dict_round_trip_continues_identically():
+    torch.manual_seed(5)
+    grads = [[torch.randn_like(p) for p in tiny_model().parameters()] for _ in range(4)]
+
+    def run(model, opt, steps):
+        for step_grads in steps:
+            for p, g in zip(model.parameters(), step_grads):
+                p.grad = g.clone()
+            opt.step()
+            opt.zero_grad()
+
+    whole = tiny_model()
+    opt = configure_optimizer(whole, 1e-2, 0.1, optimizer="muon")
+    run(whole, opt, grads)
+    first = tiny_model()
+    opt = configure_optimizer(first, 1e-2, 0.1, optimizer="muon")
+    run(first, opt, grads[:2])
+    state = pickle.loads(pickle.dumps(opt.state_dict()))
+    second = tiny_model()
+    second.load_state_dict(first.state_dict())
+    opt = configure_optimizer(second, 1e-2, 0.1, optimizer="muon")
+    opt.load_state_dict(state)
+    run(second, opt, grads[2:])
+    for p, q in zip(whole.parameters(), second.parameters()):
+        assert torch.equal(p, q)
 
 
 # ───────────────────────────────────────── generation ────────────────────────────────────────────

@@ -124,11 +124,12 @@ def test_rerun_after_the_end_has_nothing_to_do(tiny_trained, capsys, tmp_path):
 
 # ──────────────────────────────────────── exact resume ────────────────────────────────────────
 
-def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained, tmp_path, capsys):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained, tmp_path, capsys, optimizer):
     # Dropout and gradient accumulation on, so the dropout generator and the batch generator
-    # both have to come back exactly.
+    # both have to come back exactly; with Muon, both optimizers' states too.
     flags = (*SMALL, "--max_iters", "12", "--eval_interval", "5", "--dropout", "0.1",
-             "--grad_accum_steps", "2", "--seed", "5")
+             "--grad_accum_steps", "2", "--seed", "5", "--optimizer", optimizer)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert call_main(capsys, *paths(tiny_trained, whole), *flags)[0] == 0
     code, err = call_main(capsys, *paths(tiny_trained, parts), *flags, "--max-iters", "7")
@@ -143,9 +144,13 @@ def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained,
     assert a["step"] == b["step"] == 12
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    for key, moments in a["optimizer"]["state"].items():
-        for name, tensor in moments.items():
-            assert torch.equal(tensor, b["optimizer"]["state"][key][name]), (key, name)
+    states = [(a["optimizer"], b["optimizer"])] if optimizer == "adamw" else \
+        [(a["optimizer"][part], b["optimizer"][part]) for part in ("muon", "adamw")]
+    for saved_a, saved_b in states:
+        assert saved_a["state"]
+        for key, moments in saved_a["state"].items():
+            for name, tensor in moments.items():
+                assert torch.equal(tensor, saved_b["state"][key][name]), (key, name)
     assert torch.equal(a["rng_per_rank"][0]["torch"], b["rng_per_rank"][0]["torch"])
     assert torch.equal(a["rng"]["batches"], b["rng"]["batches"])
     assert a["best_val"] == b["best_val"]
@@ -194,6 +199,8 @@ def test_help_lists_every_model_param():
     (["--emb_len", "30", "--num_heads", "4"], "divisible"),
     (["--batch_size", "0"], "--batch_size must be at least 1"),
     (["--max-iters", "99999999"], "past the end of the schedule"),
+    (["--optimizer", "sgd"], "--optimizer must be one of adamw, muon, got 'sgd'"),
+    (["--muon_lr", "0"], "--muon_lr must be above 0"),
 ])
 def test_bad_settings_are_one_line_errors(args, fragment):
     with pytest.raises(train.UserError) as caught:
@@ -218,6 +225,15 @@ def test_resume_with_other_model_shape_names_it_and_fresh_starts_over(tiny_train
     assert code == 0, err
     assert load_checkpoint(weights / "weights-latest.pth")["model_config"]["emb_len"] == 48
     assert [r["step"] for r in history(weights)] == ["2", "2"]          # a fresh history
+
+
+def test_resume_with_the_other_optimizer_is_refused(tiny_trained, capsys, tmp_path):
+    weights = copy_weights(tiny_trained, tmp_path)
+    before = file_hash(weights / "weights-latest.pth")
+    code, err = call_main(capsys, *paths(tiny_trained, weights), *tiny_trained["train_flags"],
+                          "--optimizer", "muon")
+    assert_one_error_line(code, err, "trained with --optimizer adamw, not muon", "--fresh")
+    assert file_hash(weights / "weights-latest.pth") == before
 
 
 def test_resume_with_retrained_tokenizer_is_refused(tiny_trained, capsys, tmp_path):
