@@ -7,8 +7,9 @@ Read top to bottom, this file follows one token's journey:
       ──final LayerNorm → dot product with every token embedding──▶ logits (B, T, V) ──▶ loss / next token
 
 B = batch, T = tokens in the window, E = emb_len, H = num_heads, D = E // H (head size),
-V = vocab_size. Then come generation (KV cache, sampling, beam search) and the helpers that rebuild
-a model from a checkpoint file and pick a device.
+V = vocab_size. Then come generation (KV cache, sampling, beam search), the optimizers (AdamW, and
+Muon for the blocks' matrices) and the helpers that rebuild a model from a checkpoint file and pick
+a device.
 """
 from __future__ import annotations
 
