@@ -929,6 +929,9 @@ class Trainer:
         say(f"global batch: {self.global_batch} windows = batch_size {cfg.batch_size} × grad_accum_steps "
             f"{cfg.grad_accum_steps} × {procs.world_size} process(es) = "
             f"{self.global_batch * cfg.block_size:,} tokens/step")
+        say(f"optimizer: Muon (peak lr {cfg.muon_lr:g}) for the blocks' matrices, AdamW (peak lr "
+            f"{cfg.learning_rate:g}) for the rest" if cfg.optimizer == "muon" else
+            f"optimizer: AdamW (peak lr {cfg.learning_rate:g})")
         if self.ckpt is not None:
             best = f", best val {state.best_val:.4f} nats/char" if state.best_val is not None else ""
             say(f"resuming from {self.latest_path} at step {state.step}{best}")

@@ -139,6 +139,7 @@ def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained,
     code, err = call_main(capsys, *paths(tiny_trained, parts), *flags)
     assert code == 0, err
     assert "resuming from" in err and "at step 7" in err
+    assert ("optimizer: Muon (peak lr 0.02)" if optimizer == "muon" else "optimizer: AdamW (peak lr 0.003)") in err
 
     a, b = load_checkpoint(whole / "weights-latest.pth"), load_checkpoint(parts / "weights-latest.pth")
     assert a["step"] == b["step"] == 12
