@@ -577,7 +577,7 @@ class Muon(torch.optim.Optimizer):
                 # A tall matrix (rows > cols) gets a larger step: its orthogonalized update has
                 # smaller entries, sqrt(cols / rows) of a square one's.
                 scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                p.add_(orthogonalize(update).to(p.dtype), alpha=-group["lr"] * scale)
+                p.add_(orthogonalize(update), alpha=-group["lr"] * scale)
 
 
 class MuonWithAdamW:

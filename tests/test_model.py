@@ -211,6 +211,15 @@ def test_configure_optimizer_decays_exactly_the_matrices():
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
 
 
+def take_steps(model, opt, grads) -> None:
+    """One optimizer step per entry of grads (a list of made-up gradients, one per parameter)."""
+    for step_grads in grads:
+        for p, g in zip(model.parameters(), step_grads):
+            p.grad = g.clone()
+        opt.step()
+        opt.zero_grad()
+
+
 def test_configured_optimizer_takes_the_same_steps_as_plain_adamw():
     model, twin = tiny_model(), tiny_model()
     fast = configure_optimizer(model, learning_rate=1e-2, weight_decay=0.1)
@@ -221,10 +230,7 @@ def test_configured_optimizer_takes_the_same_steps_as_plain_adamw():
     torch.manual_seed(4)
     grads = [[torch.randn_like(p) for p in model.parameters()] for _ in range(3)]
     for net, opt in ((model, fast), (twin, plain)):
-        for step_grads in grads:
-            for p, g in zip(net.parameters(), step_grads):
-                p.grad = g.clone()
-            opt.step()
+        take_steps(net, opt, grads)
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
     assert not torch.equal(model.tok_emb.weight, tiny_model().tok_emb.weight)    # it did move
@@ -265,11 +271,7 @@ def test_muon_moves_block_matrices_by_orthogonalized_nesterov_momentum_and_the_r
     grads = [[torch.randn_like(p) for p in model.parameters()] for _ in range(2)]
     start = model.blocks[0].mlp.up.weight.detach().clone()           # (4E, E): a tall matrix
     for net, o in ((model, opt), (twin, plain)):
-        for step_grads in grads:
-            for p, g in zip(net.parameters(), step_grads):
-                p.grad = g.clone()
-            o.step()
-            o.zero_grad()
+        take_steps(net, o, grads)
     names = [name for name, _ in model.named_parameters()]
     g1, g2 = (step[names.index("blocks.0.mlp.up.weight")] for step in grads)
     momentum = 0.95 * g1 + g2                                      # the buffer after two steps
@@ -285,25 +287,18 @@ def test_muon_state_dict_round_trip_continues_identically():
     torch.manual_seed(5)
     grads = [[torch.randn_like(p) for p in tiny_model().parameters()] for _ in range(4)]
 
-    def run(model, opt, steps):
-        for step_grads in steps:
-            for p, g in zip(model.parameters(), step_grads):
-                p.grad = g.clone()
-            opt.step()
-            opt.zero_grad()
-
     whole = tiny_model()
     opt = configure_optimizer(whole, 1e-2, 0.1, optimizer="muon")
-    run(whole, opt, grads)
+    take_steps(whole, opt, grads)
     first = tiny_model()
     opt = configure_optimizer(first, 1e-2, 0.1, optimizer="muon")
-    run(first, opt, grads[:2])
+    take_steps(first, opt, grads[:2])
     state = pickle.loads(pickle.dumps(opt.state_dict()))
     second = tiny_model()
     second.load_state_dict(first.state_dict())
     opt = configure_optimizer(second, 1e-2, 0.1, optimizer="muon")
     opt.load_state_dict(state)
-    run(second, opt, grads[2:])
+    take_steps(second, opt, grads[2:])
     for p, q in zip(whole.parameters(), second.parameters()):
         assert torch.equal(p, q)
 
