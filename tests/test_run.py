@@ -172,19 +172,46 @@ def start_in_terminal(tiny, *args):
     return proc, terminal
 
 
+def read_until_waiting_at_prompt(proc, prompts: int, timeout: float = 60) -> str:
+    """Read proc's stderr until the prompt marker "> " has appeared `prompts` times and proc sleeps,
+    waiting for the next line; return what was read.
+
+    A Ctrl-C sent a moment earlier could land in the few instructions between Python's last check
+    for signals and the read of stdin, and then wait unseen until a line arrives (a race a person
+    never hits, but a test sending SIGINT right after the output can)."""
+    err, deadline = "", time.monotonic() + timeout
+    while err.count("> ") < prompts:
+        assert time.monotonic() < deadline, f"no prompt {prompts} in time; stderr so far: {err!r}"
+        chunk = os.read(proc.stderr.fileno(), 4096).decode()
+        assert chunk, f"stderr closed before prompt {prompts}: {err!r}"
+        err += chunk
+    stat = f"/proc/{proc.pid}/stat"
+    if not os.path.exists(stat):   # not Linux: give it a moment to reach the read
+        time.sleep(0.5)
+        return err
+    while open(stat).read().rsplit(")", 1)[1].split()[0] != "S":   # state: S is sleeping
+        assert time.monotonic() < deadline, "run.py never went to sleep at the prompt"
+        time.sleep(0.01)
+    return err
+
+
 def test_interactive_session_streams_to_stdout_and_ctrl_c_exits_130(tiny):
     # (Ctrl-D is end of input, the same path as the end of piped stdin in the tests above.)
     proc, terminal = start_in_terminal(tiny, "--stop", r"\n", "--max-new-tokens", "20")
     try:
         os.write(terminal, b"the quick\n")
         continuation = proc.stdout.readline()
-        proc.send_signal(signal.SIGINT)              # at (or on the way to) the next prompt
-        out, err = proc.communicate(timeout=60)
+        err = read_until_waiting_at_prompt(proc, prompts=2)
+        proc.send_signal(signal.SIGINT)              # at the next prompt
+        out, rest = proc.communicate(timeout=60)
+        err += rest
     finally:
         os.close(terminal)
+        if proc.poll() is None:   # failed: leave no run.py behind
+            proc.kill()
     assert continuation.endswith("\n") and out == ""
     assert proc.returncode == 130
-    assert "> " in err and "Traceback" not in err    # the prompt marker is on stderr
+    assert err.endswith("> > \n") and "Traceback" not in err   # the prompt marker is on stderr
 
 
 # ───────────────────────────────────────────── --eval ─────────────────────────────────────────────

@@ -10,7 +10,8 @@ from hypothesis import example, given, settings, strategies as st
 
 import tokenizer
 from conftest import REPO
-from tokenizer import SPLIT_RE, Tokenizer, TokenizerError, chunk_blocks, token_bytes, token_text
+from tokenizer import (SPLIT_RE, Tokenizer, TokenizerError, chunk_keys, chunk_of_key, text_blocks,
+                       token_bytes, token_text)
 
 # Fixed and modest: the same examples on every run, quick on a loaded 2-core machine.
 PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=150)
@@ -189,7 +190,40 @@ def test_pre_split_keeps_the_leading_space_with_the_word_and_newlines_apart():
 def test_pre_split_covers_the_text_and_blocks_give_the_same_chunks(text, block_chars):
     chunks = SPLIT_RE.findall(text)
     assert "".join(chunks) == text
-    assert list(chain.from_iterable(chunk_blocks(text, block_chars))) == chunks
+    blocks = list(text_blocks(text, block_chars))
+    assert "".join(blocks) == text
+    assert list(chain.from_iterable(map(SPLIT_RE.findall, blocks))) == chunks
+
+
+# Characters of every class the cut tells apart, among them those the rules single out: the
+# space, the apostrophe and the letters of the contractions, NUL, Unicode digits and spaces, and
+# characters past U+00FF (which chunk_keys never packs into an int).
+TRICKY = " \n\t\r\x00\x1c\x85\xa0'_sdmtlvreSxA19!.,-é²٣中\u3000\u0301😀"
+
+
+@PROPERTY
+@given(st.one_of(st.text(max_size=80), st.text(alphabet=TRICKY, max_size=80)))
+@example("Hello world,  it's 2024!\n\nOK 'll've're'x '' ''s snake_case  _ \t x")
+@example("'")
+@example("a'll")
+def test_the_numpy_cut_gives_the_chunks_of_the_pattern(text):
+    chunks = SPLIT_RE.findall(text)
+    keys = chunk_keys(text)
+    assert list(map(chunk_of_key, keys)) == chunks
+    assert len(set(keys)) == len(set(chunks))   # one key per distinct chunk
+
+
+def test_short_chunks_get_int_keys_and_the_others_keep_their_text():
+    keys = chunk_keys("Hello, café 'tis\n\n extraordinary\x00 中 ")
+    assert [(chunk_of_key(k), type(k)) for k in keys] == [
+        ("Hello", int), (",", int), (" café", int), (" '", int), ("tis", int), ("\n\n", int),
+        (" extraordinary", str), ("\x00", str), (" 中", str), (" ", int)]
+    assert chunk_keys("abc abc")[0] != chunk_keys("abd")[0]
+
+
+def test_the_numpy_cut_gives_the_chunks_of_the_pattern_on_the_corpus():
+    text = INPUT_TXT.read_text(encoding="utf-8")
+    assert list(map(chunk_of_key, chunk_keys(text))) == SPLIT_RE.findall(text)
 
 
 # --- encoding and decoding --------------------------------------------------------------------
@@ -287,7 +321,7 @@ def test_encode_is_unchanged_when_the_chunk_cache_overflows(shakespeare_tok, mon
     tok = copy.deepcopy(shakespeare_tok)
     assert tok.encode(text) == expected
     assert tok.encode(other) == reference_encode(tok.merges, other)
-    assert set(tok._chunk_cache) == set(SPLIT_RE.findall(other))   # text's chunks were let go
+    assert set(map(chunk_of_key, tok._chunk_cache)) == set(SPLIT_RE.findall(other))   # text's chunks were let go
     assert tok.encode(text) == expected
 
 
@@ -296,7 +330,7 @@ def test_the_chunk_cache_carries_over_between_calls_and_never_goes_stale():
     tok = Tokenizer()
     tok.train(first, 400)
     assert tok.encode(first) == reference_encode(tok.merges, first)
-    assert set(SPLIT_RE.findall(first)) <= set(tok._chunk_cache)   # remembered for the next call
+    assert set(SPLIT_RE.findall(first)) <= set(map(chunk_of_key, tok._chunk_cache))   # remembered for the next call
     assert tok.encode(first + second) == reference_encode(tok.merges, first + second)
     # new merges (train again, or load) must not reuse ids cached under the old ones
     tok.train(second, 350)
