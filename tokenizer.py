@@ -158,7 +158,8 @@ def text_blocks(text: str, block_chars: int = _BLOCK_CHARS):
 #   - an apostrophe that begins a chunk and the letters of 's 't 'd 'm 'll 've 're after it make
 #     a chunk of their own.
 # The classes are the pattern's own character sets; together they cover every character once.
-_LETTER, _DIGIT, _PUNCT, _UNDERSCORE, _SPACE, _OTHER_SPACE = range(6)  # < _UNDERSCORE: a space joins
+# (Order matters: a space joins the classes below _UNDERSCORE; the two whitespace ones come last.)
+_LETTER, _DIGIT, _PUNCT, _UNDERSCORE, _SPACE, _OTHER_SPACE = range(6)
 _CONTRACTIONS = ("s", "d", "m", "t", "ll", "ve", "re")
 
 
@@ -184,8 +185,8 @@ def _char_classes(codes: np.ndarray) -> np.ndarray:
     """The class of each character, for a text as an array of code points."""
     wide = codes >= 256
     if not wide.any():
-        return _LATIN1_CLASSES[codes]
-    classes = _LATIN1_CLASSES[np.where(wide, 0, codes)]
+        return _LATIN1_CLASSES.take(codes)   # (take: several times faster than [codes] here)
+    classes = _LATIN1_CLASSES.take(np.where(wide, 0, codes))
     distinct, which = np.unique(codes[wide], return_inverse=True)
     classes[wide] = np.array([_char_class(chr(c)) for c in distinct.tolist()], np.uint8)[which]
     return classes
@@ -196,7 +197,7 @@ def chunk_starts(codes: np.ndarray) -> np.ndarray:
     size = codes.size
     classes = _char_classes(codes)
     white = classes >= _SPACE
-    kind = np.where(white, _SPACE, classes)   # any run of whitespace is one kind
+    kind = np.minimum(classes, _SPACE)   # any run of whitespace is one kind
     start = np.empty(size, dtype=bool)
     start[:1] = True
     np.not_equal(kind[1:], kind[:-1], out=start[1:])   # a new kind of character
@@ -244,7 +245,7 @@ def chunk_keys(text: str) -> list:
     # the 8 characters from each position as one number: a view, 1 byte apart, not a copy
     windows = np.ndarray((codes.size,), dtype="<u8", buffer=low_bytes, strides=(1,))
     keys = np.zeros(starts.size, dtype=np.uint64)
-    keys[packed] = windows[starts[packed]] & _PACK_MASKS[lengths[packed]]
+    keys[packed] = windows.take(starts[packed]) & _PACK_MASKS.take(lengths[packed])
     keys = keys.tolist()
     others = ~packed
     for i, start, end in zip(np.flatnonzero(others).tolist(), starts[others].tolist(),
@@ -449,10 +450,12 @@ class _RankTable:
     A pair (left, right) is the key left * vocab_size + right; its slot is the top `bits` bits of
     key × an odd 64-bit constant (multiplicative hashing), or the next free slot after it. The
     table is at most a quarter full, so a lookup rarely needs more than one or two probes.
+    Pairs of two byte tokens, the pairs of every chunk before its first merge, also have a plain
+    256 × 256 table (byte_pair_ranks), indexed by left * 256 + right.
     """
 
     MULTIPLIER = 0x9E3779B97F4A7C15   # 2^64 / golden ratio, odd: spreads nearby keys apart
-    NO_MERGE = np.iinfo(np.int64).max
+    NO_MERGE = np.iinfo(np.int32).max   # ranks are int32 (vocabularies stay below MAX_VOCAB)
 
     def __init__(self, merges, vocab_size: int) -> None:
         self.vocab_size = vocab_size
@@ -466,26 +469,30 @@ class _RankTable:
                 slot = (slot + 1) & mask
             keys[slot], ranks[slot] = key, rank
         self.keys = np.array(keys, dtype=np.int64)
-        self.ranks = np.array(ranks, dtype=np.int64)
+        self.ranks = np.array(ranks, dtype=np.int32)
+        self.byte_pair_ranks = np.full(NUM_BYTES * NUM_BYTES, self.NO_MERGE, dtype=np.int32)
+        for rank, (a, b) in enumerate(merges):
+            if a < NUM_BYTES and b < NUM_BYTES:
+                self.byte_pair_ranks[a * NUM_BYTES + b] = rank
 
     def lookup(self, left, right):
-        """The rank of each pair (left[i], right[i]) (int64 arrays), NO_MERGE where none."""
-        keys = left * self.vocab_size + right
+        """The rank of each pair (left[i], right[i]) (int arrays), NO_MERGE where none."""
+        keys = left.astype(np.int64) * self.vocab_size + right
         slots = ((keys.astype(np.uint64) * np.uint64(self.MULTIPLIER))
                  >> np.uint64(64 - self.bits)).astype(np.int64)
-        ranks = np.full(keys.size, self.NO_MERGE)
+        ranks = np.full(keys.size, self.NO_MERGE, dtype=np.int32)
         todo = np.arange(keys.size)   # the pairs not yet found or ruled out
         while todo.size:
-            found = self.keys[slots]
+            found = self.keys.take(slots)
             hit = found == keys[todo]
-            ranks[todo[hit]] = self.ranks[slots[hit]]
+            ranks[todo[hit]] = self.ranks.take(slots[hit])
             go_on = ~hit & (found != -1)   # an occupied slot holding another key: probe the next
             todo, slots = todo[go_on], (slots[go_on] + 1) & ((1 << self.bits) - 1)
         return ranks
 
 
 def _merge_in_bulk(chunks: list[str], table: _RankTable):
-    """Encode many distinct chunks at once: the ids of all of them one after another (int64), and
+    """Encode many distinct chunks at once: the ids of all of them one after another (int32), and
     how many ids each chunk got. Raises UnicodeEncodeError when a chunk holds a lone surrogate.
 
     The same result as Tokenizer._encode_chunk on each chunk, with numpy doing the work for all
@@ -494,20 +501,22 @@ def _merge_in_bulk(chunks: list[str], table: _RankTable):
     pair left to merge leaves the working arrays.
     """
     lengths = np.fromiter(map(len, map(str.encode, chunks)), dtype=np.int64, count=len(chunks))
-    ids = np.frombuffer("".join(chunks).encode("utf-8"), dtype=np.uint8).astype(np.int64)
-    owner = np.repeat(np.arange(len(chunks)), lengths)   # which chunk each position belongs to
+    ids = np.frombuffer("".join(chunks).encode("utf-8"), dtype=np.uint8).astype(np.int32)
+    # which chunk each position belongs to (int32 like ids and ranks: less memory to go through)
+    owner = np.repeat(np.arange(len(chunks), dtype=np.int32), lengths)
     no_merge = table.NO_MERGE
 
     def pair_ranks(at):
         """The rank of merging (ids[i], ids[i + 1]) for each i in at; no_merge across chunk ends."""
-        ranks = table.lookup(ids[at], ids[at + 1])
-        ranks[owner[at] != owner[at + 1]] = no_merge
+        ranks = table.lookup(ids.take(at), ids.take(at + 1))
+        ranks[owner.take(at) != owner.take(at + 1)] = no_merge
         return ranks
 
     # pair_rank[i]: rank of the merge of (ids[i], ids[i + 1]), or no_merge (also at chunk ends).
     # Computed once here; after that only the pairs next to a merge change, so only they are redone.
-    pair_rank = np.full(ids.size, no_merge)
-    pair_rank[:-1] = pair_ranks(np.arange(ids.size - 1))
+    pair_rank = np.full(ids.size, no_merge, dtype=np.int32)
+    pair_rank[:-1] = table.byte_pair_ranks.take(ids[:-1] * NUM_BYTES + ids[1:])   # all bytes so far
+    pair_rank[:-1][owner[:-1] != owner[1:]] = no_merge
     done_ids, done_owner = [], []
     while ids.size:
         # each chunk's lowest rank, spread over its positions; chunks with none are finished
@@ -539,8 +548,8 @@ def _merge_in_bulk(chunks: list[str], table: _RankTable):
         pair_rank[redo] = pair_ranks(redo)
         pair_rank[-1] = no_merge   # the last position has no right neighbour
 
-    owner = np.concatenate(done_owner) if done_owner else np.zeros(0, dtype=np.int64)
-    ids = np.concatenate(done_ids) if done_ids else np.zeros(0, dtype=np.int64)
+    owner = np.concatenate(done_owner) if done_owner else np.zeros(0, dtype=np.int32)
+    ids = np.concatenate(done_ids) if done_ids else np.zeros(0, dtype=np.int32)
     order = np.argsort(owner, kind="stable")   # back to chunk order; each chunk's ids stay in order
     return ids[order], np.bincount(owner, minlength=len(chunks))
 
