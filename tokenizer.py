@@ -690,7 +690,7 @@ class Tokenizer:
             for block in text_blocks(piece):
                 keys = chunk_keys(block)
                 try:   # once the cache is warm, every chunk is in it
-                    yield b"".join(map(cache.__getitem__, keys))
+                    ids = b"".join(map(cache.__getitem__, keys))
                 except KeyError:   # some are new: merge those (all together), then join
                     if len(cache) > _CACHE_LIMIT:
                         # a new dict rather than clear(): a thread still reading the old one
@@ -698,9 +698,10 @@ class Tokenizer:
                         cache = self._chunk_cache = {}
                     new = list(set(keys).difference(cache))
                     chunks = list(map(chunk_of_key, new))
-                    encoded = self._encode_new_chunks(chunks)
+                    encoded = self._encode_new_chunks(chunks)   # chunk -> the bytes of its ids
                     cache.update(zip(new, map(encoded.__getitem__, chunks)))
-                    yield b"".join(map(cache.__getitem__, keys))
+                    ids = b"".join(map(cache.__getitem__, keys))
+                yield ids
 
     def _encode_new_chunks(self, chunks) -> dict[str, bytes]:
         """chunk -> the bytes of an array of its ids, for each of the distinct chunks given.
