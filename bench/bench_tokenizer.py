@@ -6,9 +6,9 @@
 Targets on Train_Data/input.txt at vocab 4096 (2-core machine): training <= 1.0 s,
 encode >= 5 MB/s, decode >= 20 MB/s. Encoding is timed twice: the first call on a fresh tokenizer,
 and later calls, which find every chunk in the tokenizer's chunk cache. The cut into chunks is
-also timed alone, made by the regex SPLIT_RE and by the numpy chunk_keys that encode uses. Also prints characters per
-token and, for scale, how long the plain reference trainer of the tests (a full recount before
-every merge) takes for 100 merges.
+also timed alone, made by the regex SPLIT_RE and by the numpy chunk_keys that encode uses. Also
+prints characters per token and, for scale, how long the plain reference trainer of the tests (a
+full recount before every merge) takes for 100 merges.
 Timings on a shared machine are noisy: the load average is printed with them, and each figure
 comes as wall time and as CPU time (the steadier one while other jobs compete for the cores).
 """

@@ -321,7 +321,8 @@ def test_encode_is_unchanged_when_the_chunk_cache_overflows(shakespeare_tok, mon
     tok = copy.deepcopy(shakespeare_tok)
     assert tok.encode(text) == expected
     assert tok.encode(other) == reference_encode(tok.merges, other)
-    assert set(map(chunk_of_key, tok._chunk_cache)) == set(SPLIT_RE.findall(other))   # text's chunks were let go
+    # text's chunks were let go
+    assert set(map(chunk_of_key, tok._chunk_cache)) == set(SPLIT_RE.findall(other))
     assert tok.encode(text) == expected
 
 
@@ -330,7 +331,8 @@ def test_the_chunk_cache_carries_over_between_calls_and_never_goes_stale():
     tok = Tokenizer()
     tok.train(first, 400)
     assert tok.encode(first) == reference_encode(tok.merges, first)
-    assert set(SPLIT_RE.findall(first)) <= set(map(chunk_of_key, tok._chunk_cache))   # remembered for the next call
+    # remembered for the next call
+    assert set(SPLIT_RE.findall(first)) <= set(map(chunk_of_key, tok._chunk_cache))
     assert tok.encode(first + second) == reference_encode(tok.merges, first + second)
     # new merges (train again, or load) must not reuse ids cached under the old ones
     tok.train(second, 350)
