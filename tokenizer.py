@@ -234,12 +234,13 @@ def chunk_keys(text: str) -> list:
     (see above; `chunk_of_key` turns it back), any other chunk as itself."""
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     starts = chunk_starts(codes)
-    lengths = np.diff(starts, append=codes.size)
+    ends = np.append(starts[1:], codes.size)
+    lengths = ends - starts
     packed = lengths <= _PACKED_CHARS
     unfit = (codes >= 256) | (codes == 0)   # NUL would read as the end of a shorter chunk
     if unfit.any():
         seen = np.concatenate(([0], np.cumsum(unfit)))
-        packed &= seen[starts + lengths] == seen[starts]
+        packed &= seen[ends] == seen[starts]
     low_bytes = np.zeros(codes.size + _PACKED_CHARS, dtype=np.uint8)
     low_bytes[:codes.size] = codes   # (a wide character wraps, but it is never packed)
     # the 8 characters from each position as one number: a view, 1 byte apart, not a copy
@@ -249,7 +250,7 @@ def chunk_keys(text: str) -> list:
     keys = keys.tolist()
     others = ~packed
     for i, start, end in zip(np.flatnonzero(others).tolist(), starts[others].tolist(),
-                             (starts + lengths)[others].tolist()):
+                             ends[others].tolist()):
         keys[i] = text[start:end]
     return keys
 
