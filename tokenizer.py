@@ -234,7 +234,7 @@ def chunk_keys(text: str) -> list:
     (see above; `chunk_of_key` turns it back), any other chunk as itself."""
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     starts = chunk_starts(codes)
-    ends = np.append(starts[1:], codes.size)
+    ends = np.append(starts[1:], codes.size) if starts.size else starts
     lengths = ends - starts
     packed = lengths <= _PACKED_CHARS
     unfit = (codes >= 256) | (codes == 0)   # NUL would read as the end of a shorter chunk

@@ -206,6 +206,7 @@ TRICKY = " \n\t\r\x00\x1c\x85\xa0'_sdmtlvreSxA19!.,-é²٣中\u3000\u0301😀"
 @example("Hello world,  it's 2024!\n\nOK 'll've're'x '' ''s snake_case  _ \t x")
 @example("'")
 @example("a'll")
+@example("")
 def test_the_numpy_cut_gives_the_chunks_of_the_pattern(text):
     chunks = SPLIT_RE.findall(text)
     keys = chunk_keys(text)
