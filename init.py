@@ -11,8 +11,6 @@ distinct chunks are kept. A file larger than --sample-bytes is learned from a sa
 taken as 1 MB windows spread evenly over the file.
 """
 
-import argparse
-import importlib
 import math
 import os
 import re
@@ -25,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from support.settings import Parser, UserError, load_params
 from tokenizer import (MAX_VOCAB, NUM_BYTES, Tokenizer, TokenizerError, count_chunks, read_pieces,
                        safe_cuts)
 
@@ -39,35 +38,9 @@ _SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)b?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
 
 
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2, no traceback."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one `error:` line like every other user mistake."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python init.py --help)")
-
-
-def default_vocab_size() -> int:
-    """Model_Params.vocab_size; a hand edit that breaks Model_Params.py is a UserError, not a traceback."""
-    try:
-        params = importlib.import_module("Model_Params")
-    except Exception as e:                       # SyntaxError, NameError, ... in a hand-edited file
-        raise UserError(f"Model_Params.py cannot be read ({type(e).__name__}: {e}) — fix the edit or "
-                        f"restore it with `git checkout Model_Params.py`") from None
-    value = getattr(params, "vocab_size", None)
-    if value is None:
-        raise UserError("Model_Params.py lacks vocab_size — restore it with `git checkout Model_Params.py`")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"Model_Params.py: vocab_size = {value!r} must be a whole number")
-    return value
-
-
 def parse_args(argv):
-    vocab_size = default_vocab_size()
-    parser = _Parser(description="Learn the BPE tokenizer from a text and save it.")
+    vocab_size = load_params({"vocab_size": int}).vocab_size
+    parser = Parser(prog="init.py", description="Learn the BPE tokenizer from a text and save it.")
     parser.add_argument("--input", default=str(REPO / "Train_Data" / "input.txt"),
                         help="UTF-8 text to learn from (default: Train_Data/input.txt)")
     parser.add_argument("--vocab-size", default=str(vocab_size),

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import importlib
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from support.settings import UserError, checked, load_params
 
 # torch (2-4 s to import here) and the modules that need it are imported inside the functions that
 # use them, so that --help and mistakes that need no model answer at once.
@@ -34,25 +35,7 @@ DEFAULT_TOKENIZER_DIR = SCRIPT_DIR / "tokenizer_save"
 EXIT_INTERRUPTED = 130          # the shell's convention for "stopped by Ctrl-C" (128 + SIGINT)
 
 
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2, no traceback."""
-
-
 # ───────────────────────────────────────── command line ──────────────────────────────────────────
-
-def checked(kind, is_ok, what: str):
-    """An argparse `type`: text -> kind (int or float), finite and passing is_ok, else argparse's
-    error with `what` the value must be."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or (kind is float and not math.isfinite(value)) or not is_ok(value):
-            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
-        return value
-    return parse
-
 
 def count_value(minimum: int):
     """An argparse type: an integer >= minimum."""
@@ -80,6 +63,7 @@ def stop_value(text: str) -> str:
 # Sampling options whose default comes from Model_Params.py: option name -> its argparse type.
 SAMPLING_DEFAULTS = {"max_new_tokens": count_value(0), "temperature": temperature_value,
                      "top_k": top_k_value, "top_p": top_p_value}
+SAMPLING_KINDS = {"max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float}
 
 
 def parse_args(argv, params) -> argparse.Namespace:
@@ -133,20 +117,6 @@ def parse_args(argv, params) -> argparse.Namespace:
     return args
 
 
-def load_params():
-    """Model_Params.py from beside this script (sys.path[0]); a broken edit is one line, not a traceback."""
-    try:
-        params = importlib.import_module("Model_Params")
-    except Exception as e:                       # SyntaxError, NameError, ... in a hand-edited file
-        raise UserError(f"Model_Params.py cannot be read ({type(e).__name__}: {e}) — fix the edit or "
-                        f"restore it with `git checkout Model_Params.py`") from None
-    missing = [name for name in SAMPLING_DEFAULTS if not hasattr(params, name)]
-    if missing:
-        raise UserError(f"Model_Params.py lacks {', '.join(missing)} — restore it with "
-                        f"`git checkout Model_Params.py`")
-    return params
-
-
 # ─────────────────────────────────────────── loading ─────────────────────────────────────────────
 
 def find_weights(path: Path | None) -> Path:
@@ -183,8 +153,8 @@ class Loaded:
 
 
 def load(args, params, weights: Path) -> Loaded:
-    from Model import (check_tokenizer_fingerprint, load_checkpoint, model_from_checkpoint,
-                       pick_device)
+    from support.checkpoints import check_tokenizer_fingerprint, load_checkpoint, model_from_checkpoint
+    from support.devices import pick_device
     from tokenizer import Tokenizer
 
     try:
@@ -430,7 +400,7 @@ def run(args, params, weights: Path, eval_text: str | None) -> int:
 
 def main(argv=None) -> int:
     try:
-        params = load_params()
+        params = load_params(SAMPLING_KINDS)
         args = parse_args(argv, params)         # bad values: argparse prints usage and exits 2
         # Mistakes that need no model are reported before the slow torch import.
         eval_text = read_text(args.eval) if args.eval is not None else None
@@ -438,7 +408,7 @@ def main(argv=None) -> int:
         if not args.tokenizer_dir.is_dir():
             raise UserError(f"no tokenizer in {args.tokenizer_dir}/ — run `python init.py` first, or restore "
                             f"the shipped one (`git checkout tokenizer_save/`)")
-        from Model import CheckpointError       # imports torch
+        from support.checkpoints import CheckpointError   # imports torch
         from tokenizer import TokenizerError
         try:
             return run(args, params, weights, eval_text)

@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import csv
 import hashlib
-import importlib
 import inspect
 import math
 import os
@@ -55,9 +54,13 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from Model import (CHECKPOINT_FORMAT_VERSION, OPTIMIZERS, CheckpointError, ModelConfig, Transformer,
-                   autocast_dtype, check_tokenizer_fingerprint, configure_optimizer, load_checkpoint,
-                   pick_device)
+from Model import ModelConfig, Transformer
+from support import settings
+from support.checkpoints import (CHECKPOINT_FORMAT_VERSION, CheckpointError, check_tokenizer_fingerprint,
+                                 load_checkpoint)
+from support.devices import DTYPES, autocast, choose_dtype, pick_device
+from support.optim import OPTIMIZERS, configure_optimizer
+from support.settings import Parser, UserError, checked, load_params
 from tokenizer import Tokenizer, TokenizerError
 
 REPO = Path(__file__).resolve().parent
@@ -70,7 +73,6 @@ HISTORY_COLUMNS = ("step", "minutes", "lr", "train_loss", "val_loss_per_token", 
                    "val_bits_per_char", "val_tokens", "val_chars", "eval")
 # What a checkpoint's weights depend on (dropout is a model setting too, but may change on resume).
 SHAPE_NAMES = ("vocab_size", "block_size", "emb_len", "num_layers", "num_heads")
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The settings this script reads from Model_Params.py, and their kind (a float setting may be written
 # as a whole number). Checked on start, so a hand edit that breaks one is a one-line error.
 NEEDED_PARAMS = {"vocab_size": int, "block_size": int, "emb_len": int, "num_layers": int, "num_heads": int,
@@ -80,95 +82,16 @@ NEEDED_PARAMS = {"vocab_size": int, "block_size": int, "emb_len": int, "num_laye
                  "optimizer": str, "muon_lr": float}
 
 
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2, no traceback."""
-
-
 # ───────────────────────────────────────── settings ──────────────────────────────────────────────
 
-def model_params():
-    """The Model_Params module; a hand edit that breaks it is a UserError, not a traceback."""
-    try:
-        return importlib.import_module("Model_Params")
-    except Exception as e:                       # SyntaxError, NameError, ... in a hand-edited file
-        raise UserError(f"Model_Params.py cannot be read ({type(e).__name__}: {e}) — fix the edit or "
-                        f"restore it with `git checkout Model_Params.py`") from None
-
-
 def param_defaults() -> dict:
-    """Every hyperparameter in Model_Params.py: name -> default value (int, float, bool or str).
-    The settings train.py needs (NEEDED_PARAMS) must be there, with a value of their kind."""
-    params = model_params()
-    missing = [name for name in NEEDED_PARAMS if not hasattr(params, name)]
-    if missing:
-        raise UserError(f"Model_Params.py lacks {', '.join(missing)} — restore it with `git checkout Model_Params.py`")
-    for name, kind in NEEDED_PARAMS.items():
-        value = getattr(params, name)
-        accepted, what = {float: ((int, float), "a number"), int: (int, "a whole number"),
-                          str: (str, "a quoted string")}[kind]
-        if isinstance(value, bool) or not isinstance(value, accepted):
-            raise UserError(f"Model_Params.py: {name} = {value!r} must be {what}")
-    defaults = {name: value for name, value in vars(params).items()
-                if not name.startswith("_") and isinstance(value, (bool, int, float, str))}
-    return {**defaults, **{name: float(defaults[name]) for name, kind in NEEDED_PARAMS.items() if kind is float}}
-
-
-def param_help() -> dict:
-    """name -> (section title, comment), read from Model_Params.py's source so --help explains
-    each setting in the same words as the file. Decoration only: {} if the source is unavailable."""
-    try:
-        source = inspect.getsource(model_params())
-    except (OSError, TypeError):
-        return {}
-    section, found = "hyperparameters", {}
-    for line in source.splitlines():
-        if m := re.match(r"#\s*---\s*(.*?)\s*-*\s*$", line):
-            section = m[1]
-        elif m := re.match(r"(\w+)\s*=[^#]*#\s*(.*)$", line):
-            found[m[1]] = (section, m[2])
-    return found
-
-
-def value_parser(default):
-    """An argparse `type` that accepts what the default's type accepts, with a one-line complaint."""
-    kind = type(default)
-
-    def parse(text: str):
-        if kind is bool:
-            lowered = text.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-        if kind is int:
-            try:
-                return int(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if kind is float:
-            try:
-                value = float(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-            if not math.isfinite(value):
-                raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-            return value
-        return text
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one `error:` line like every other user mistake."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python train.py --help)")
+    """Every hyperparameter in Model_Params.py: name -> default value (int, float, bool or str)."""
+    return settings.param_defaults(load_params(NEEDED_PARAMS), NEEDED_PARAMS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
+        prog="train.py",
         description="Train the transformer on a text file. Rerunning resumes exactly from "
                     "weights-latest.pth; everything printed goes to stderr.",
         allow_abbrev=False)   # --max would be ambiguous between --max-iters and --max_iters
@@ -179,21 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tokenizer written by init.py (default: tokenizer_save/)")
     run.add_argument("--weights-dir", default=str(REPO / "Saved_Weights"),
                      help="where checkpoints, loss_history.csv and loss.png go (default: Saved_Weights/)")
-    run.add_argument("--max-iters", dest="stop_at", type=value_parser(0), default=None, metavar="N",
+    run.add_argument("--max-iters", dest="stop_at", type=checked(int), default=None, metavar="N",
                      help="stop when the step count reaches N (default: max_iters); the learning-rate "
                           "schedule still follows --max_iters, so a later run continues seamlessly")
     run.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     run.add_argument("--dtype", default="auto", choices=DTYPES,
                      help="autocast precision; auto = bfloat16 where supported, float16 on older GPUs "
                           "(with a gradient scaler); weights stay float32 either way")
-    run.add_argument("--seed", type=value_parser(0), default=1337, help="random seed (default: 1337)")
+    run.add_argument("--seed", type=checked(int), default=1337, help="random seed (default: 1337)")
     run.add_argument("--fresh", action="store_true",
                      help="start from step 0, ignoring (and in time replacing) the checkpoints in --weights-dir")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
-    run.add_argument("--workers", type=value_parser(0), default=None, metavar="N",
+    run.add_argument("--workers", type=checked(int), default=None, metavar="N",
                      help="processes that tokenize the input when its ids are not cached yet (default: all cores)")
 
-    helps = param_help()
+    helps = settings.param_help(load_params(NEEDED_PARAMS))
     groups = {}
     for name, default in param_defaults().items():
         section, comment = helps.get(name, ("hyperparameters", ""))
@@ -201,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
             groups[section] = parser.add_argument_group(f"Model_Params: {section}")
         # --max-minutes reads better on a command line; it is the same setting as --max_minutes.
         flags = [f"--{name}"] + (["--max-minutes"] if name == "max_minutes" else [])
-        groups[section].add_argument(*flags, type=value_parser(default), default=default,
+        groups[section].add_argument(*flags, type=checked(type(default)), default=default,
                                      metavar=type(default).__name__.upper(),
                                      help=f"{comment} (default: {default})".replace("%", "%%"))
     return parser
@@ -552,29 +475,6 @@ def learning_rate_at(step: int, cfg, horizon: int | None = None) -> float:
     span = (cfg.max_iters if horizon is None else horizon) - cfg.warmup_iters
     progress = min(1.0, (step - cfg.warmup_iters) / span) if span > 0 else 1.0
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    """Run matmuls in amp_dtype (weights stay float32), or plain float32 when None."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
-def choose_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for --dtype (None = plain float32)."""
-    dtype = autocast_dtype(device) if name == "auto" else DTYPES[name]
-    if name == "auto" and device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_native_bf16():
-        # Without bf16 instructions PyTorch emulates bf16 matmuls: measured 10x slower than
-        # float32 on an AVX2-only CPU. Autocast only pays where the hardware does it.
-        dtype = None
-    return None if dtype == torch.float32 else dtype
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: the CPU instructions that make bf16 matmuls faster than float32."""
-    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check() for check in checks if check is not None)
 
 
 # ───────────────────────────────────── random-number state ───────────────────────────────────────

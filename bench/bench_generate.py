@@ -67,7 +67,8 @@ def main() -> int:
     # 2. tokens/s with and without the cache
     import torch
     import Model_Params
-    from Model import load_checkpoint, model_from_checkpoint, pick_device
+    from support.checkpoints import load_checkpoint, model_from_checkpoint
+    from support.devices import pick_device
     from tokenizer import Tokenizer
 
     device = pick_device(args.device)

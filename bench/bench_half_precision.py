@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
-from Model import load_checkpoint, model_from_checkpoint  # noqa: E402
+from support.checkpoints import load_checkpoint, model_from_checkpoint  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from Model import ModelConfig, Transformer, autocast_dtype, configure_optimizer  # noqa: E402
+from Model import ModelConfig, Transformer  # noqa: E402
+from support.devices import autocast_dtype  # noqa: E402
+from support.optim import configure_optimizer  # noqa: E402
 
 CONFIGS = {   # name: (model config, batch size) — the two training configs
     "small": (ModelConfig(vocab_size=1024, block_size=64, emb_len=128, num_layers=4, num_heads=4, dropout=0.0), 12),

@@ -112,8 +112,9 @@ def child(request: dict, out_path: str, err_path: str) -> None:
         sys.argv = [str(script), *request["args"]]
         sys.path[0] = str(script.parent)
         if script.parent != REPO:            # a copy of the scripts: import its modules, not ours
-            for name in PROJECT_MODULES:
-                sys.modules.pop(name, None)
+            for name in list(sys.modules):
+                if name in PROJECT_MODULES or name == "support" or name.startswith("support."):
+                    sys.modules.pop(name, None)
         arm_faults(request.get("fault") or [])
         try:
             runpy.run_path(str(script), run_name="__main__")

@@ -38,7 +38,7 @@ import pytest
 
 import Model_Params
 from conftest import REPO, TINY_TEXT, TINY_TRAIN_FLAGS
-from Model import load_checkpoint, model_from_checkpoint
+from support.checkpoints import load_checkpoint, model_from_checkpoint
 from tokenizer import Tokenizer
 
 KILLED = -9                      # returncode of a process ended by SIGKILL

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
 from conftest import REPO, TINY_TEXT, run_script
-from Model import load_checkpoint, model_from_checkpoint
+from support.checkpoints import load_checkpoint, model_from_checkpoint
 from run import eval_windows, shown_length
 from tokenizer import Tokenizer
 
@@ -273,6 +273,7 @@ def copy_scripts(tmp_path):
     scripts.mkdir()
     for path in REPO.glob("*.py"):
         shutil.copy(path, scripts / path.name)
+    shutil.copytree(REPO / "support", scripts / "support", ignore=shutil.ignore_patterns("__pycache__"))
     return scripts
 
 

@@ -8,7 +8,8 @@ import torch
 import Model_Params
 import train
 from conftest import REPO, run_script
-from Model import ModelConfig, check_tokenizer_fingerprint, load_checkpoint, model_from_checkpoint
+from Model import ModelConfig
+from support.checkpoints import check_tokenizer_fingerprint, load_checkpoint, model_from_checkpoint
 from tokenizer import Tokenizer
 
 WEIGHTS = REPO / "Saved_Weights" / "weights-best.pth"

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 import Model_Params
 import train
 from conftest import REPO, TINY_TEXT, TINY_VOCAB, run_script
-from Model import ModelConfig, Transformer, load_checkpoint, model_from_checkpoint
+from Model import ModelConfig, Transformer
+from support.checkpoints import load_checkpoint, model_from_checkpoint
 from tokenizer import Tokenizer
 
 SMALL = ("--block_size", "16", "--emb_len", "32", "--num_layers", "2", "--num_heads", "2",

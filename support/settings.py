@@ -1,0 +1,101 @@
+"""Settings: Model_Params.py read safely, one-line errors, command-line value checks.
+
+Read this when you want to know how a hand edit that breaks Model_Params.py becomes one clear
+line instead of a traceback, or how train.py builds `--help` from the file's own comments. All
+three scripts get their settings through here.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import math
+import re
+
+# The kinds a setting can be checked against: what is accepted, and how the message names it
+# (a float setting may be written as a whole number).
+_KINDS = {float: ((int, float), "a number"), int: (int, "a whole number"), str: (str, "a quoted string")}
+RESTORE_HINT = "restore it with `git checkout Model_Params.py`"
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2, no traceback."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one `error:` line like every other user mistake."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python {self.prog} --help)")
+
+
+def load_params(needed: dict[str, type]):
+    """The Model_Params module, checked to define every name in `needed` with a value of its kind.
+    Any problem (a syntax error from a hand edit, a deleted setting, a word for a number) is a
+    UserError saying what is wrong and how to restore the file."""
+    try:
+        params = importlib.import_module("Model_Params")
+    except Exception as e:                       # SyntaxError, NameError, ... in a hand-edited file
+        raise UserError(f"Model_Params.py cannot be read ({type(e).__name__}: {e}) — fix the edit or "
+                        f"{RESTORE_HINT}") from None
+    missing = [name for name in needed if not hasattr(params, name)]
+    if missing:
+        raise UserError(f"Model_Params.py lacks {', '.join(missing)} — {RESTORE_HINT}")
+    for name, kind in needed.items():
+        value = getattr(params, name)
+        accepted, what = _KINDS[kind]
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise UserError(f"Model_Params.py: {name} = {value!r} must be {what}")
+    return params
+
+
+def param_defaults(params, needed: dict[str, type]) -> dict:
+    """Every setting in Model_Params (name -> int, float, bool or str), floats as floats."""
+    defaults = {name: value for name, value in vars(params).items()
+                if not name.startswith("_") and isinstance(value, (bool, int, float, str))}
+    return {**defaults, **{name: float(defaults[name]) for name, kind in needed.items() if kind is float}}
+
+
+def param_help(params) -> dict[str, tuple[str, str]]:
+    """name -> (section title, comment), read from Model_Params.py's source so that --help explains
+    each setting in the same words as the file. Decoration only: {} if the source is unavailable."""
+    try:
+        source = inspect.getsource(params)
+    except (OSError, TypeError):
+        return {}
+    section, found = "hyperparameters", {}
+    for line in source.splitlines():
+        if m := re.match(r"#\s*---\s*(.*?)\s*-*\s*$", line):
+            section = m[1]
+        elif m := re.match(r"(\w+)\s*=[^#]*#\s*(.*)$", line):
+            found[m[1]] = (section, m[2])
+    return found
+
+
+_EXPECTED = {bool: "expected true or false", int: "expected a whole number", float: "expected a number",
+             str: "expected text"}
+
+
+def checked(kind: type, is_ok=None, what: str | None = None):
+    """An argparse `type`: text -> a value of `kind` (bool, int, float or str), finite if a float
+    and passing is_ok, else one line: `what` the value must be (default: the kind), and the text."""
+    what = what or _EXPECTED[kind]
+
+    def parse(text: str):
+        value = None
+        if kind is bool:
+            value = {"1": True, "true": True, "yes": True, "on": True,
+                     "0": False, "false": False, "no": False, "off": False}.get(text.strip().lower())
+        else:
+            try:
+                value = kind(text)
+            except ValueError:
+                pass
+        if value is not None and kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{what if is_ok else 'expected a finite number'}, got {text!r}")
+        if value is None or (is_ok is not None and not is_ok(value)):
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse

@@ -1,0 +1,122 @@
+"""Tests of support/checkpoints.py: safe loading and one-line errors for every broken file."""
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from Model import Transformer
+from test_model import tiny_config, tiny_model
+
+from support.checkpoints import (CheckpointError, check_tokenizer_fingerprint, load_checkpoint,
+                                 model_from_checkpoint)
+
+
+def save_checkpoint(path: Path, net: Transformer, **extra) -> dict:
+    """Write a checkpoint in the contract's format; `extra` adds or overrides keys."""
+    ckpt = {"format_version": 1, "kind": "best", "model_config": net.config.to_dict(),
+            "model": net.state_dict(), "tokenizer_fingerprint": "abc123", "step": 10,
+            "val_nats_per_char": None, **extra}
+    torch.save(ckpt, path)
+    return ckpt
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_model_even_from_fp16_weights(tmp_path):
+    model = tiny_model()
+    save_checkpoint(tmp_path / "w.pth", model)
+    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "w.pth"), torch.device("cpu"))
+    idx = torch.randint(0, 64, (2, 10))
+    assert not rebuilt.training
+    assert torch.equal(rebuilt(idx)[0], model(idx)[0])
+
+    half = {k: v.half() for k, v in model.state_dict().items()}
+    save_checkpoint(tmp_path / "h.pth", model, model=half)
+    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "h.pth"), "cpu")
+    assert all(p.dtype == torch.float32 for p in rebuilt.parameters())
+    assert torch.allclose(rebuilt(idx)[0], model(idx)[0], atol=2e-2)
+
+
+def assert_one_line_error_naming(path: Path, match: str):
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    return message
+
+
+def test_load_checkpoint_reports_missing_file(tmp_path):
+    assert_one_line_error_naming(tmp_path / "nothing.pth", "no such checkpoint")
+
+
+def test_load_checkpoint_reports_zero_length_file(tmp_path):
+    (tmp_path / "w.pth").write_bytes(b"")
+    assert_one_line_error_naming(tmp_path / "w.pth", "empty")
+
+
+def test_load_checkpoint_reports_truncated_file(tmp_path):
+    save_checkpoint(tmp_path / "w.pth", tiny_model())
+    data = (tmp_path / "w.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[:len(data) // 2])
+    assert_one_line_error_naming(tmp_path / "cut.pth", "truncated")
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"just some text\n"])
+def test_load_checkpoint_reports_garbage(tmp_path, content):
+    (tmp_path / "w.pth").write_bytes(content)
+    assert_one_line_error_naming(tmp_path / "w.pth", "not a PyTorch checkpoint")
+
+
+class _WritesMarker:
+    """Unpickling this would call open(marker, "w"): code execution, in miniature."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("container, message", [("torch.save", "refused"),
+                                                ("pickle protocol 2", "refused"),
+                                                ("pickle protocol 4", "not a PyTorch checkpoint")])
+def test_load_checkpoint_refuses_code_executing_pickle_without_running_it(tmp_path, container, message):
+    marker, path = tmp_path / "MARKER", tmp_path / "evil.pth"
+    payload = {"format_version": 1, "model": _WritesMarker(marker)}
+    if container == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=int(container[-1])))
+    assert_one_line_error_naming(path, message)
+    assert not marker.exists()
+
+
+def test_load_checkpoint_rejects_other_formats_and_versions(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    assert_one_line_error_naming(tmp_path / "list.pth", "not a checkpoint of this project")
+    save_checkpoint(tmp_path / "v2.pth", tiny_model(), format_version=2)
+    assert_one_line_error_naming(tmp_path / "v2.pth", "format_version 2")
+    torch.save({"model": tiny_model().state_dict()}, tmp_path / "dict.pth")
+    assert_one_line_error_naming(tmp_path / "dict.pth", "no format_version")
+    save_checkpoint(tmp_path / "cfg.pth", tiny_model(), model_config={"vocab_size": 64})
+    assert_one_line_error_naming(tmp_path / "cfg.pth", "model_config")
+
+
+def test_model_from_checkpoint_rejects_weights_that_do_not_fit_the_config(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "w.pth", tiny_model(), model_config=tiny_config(emb_len=64).to_dict())
+    with pytest.raises(CheckpointError, match="w.pth: weight .* has shape"):
+        model_from_checkpoint(ckpt, "cpu", path=tmp_path / "w.pth")
+
+
+def test_tokenizer_fingerprint_mismatch_says_what_to_do(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "w.pth", tiny_model())
+    check_tokenizer_fingerprint(ckpt, "abc123", tmp_path / "w.pth")       # match: silent
+    with pytest.raises(CheckpointError, match="different tokenizer.*retrain") as info:
+        check_tokenizer_fingerprint(ckpt, "fff000", tmp_path / "w.pth")
+    assert str(tmp_path / "w.pth") in str(info.value)
+
+
+def test_a_weights_file_of_the_original_project_is_refused_saying_so(tmp_path):
+    path = tmp_path / "weights-50.pth"
+    torch.save(tiny_model().state_dict(), path)              # the original saved the bare state dict
+    message = assert_one_line_error_naming(path, "original project's format")
+    assert "python train.py" in message
