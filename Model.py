@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from support import validation
+
 ATTENTION_IMPLS = ("sdpa", "explicit")
 
 
@@ -38,26 +40,8 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "emb_len", "num_layers", "num_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"model config: {name} must be a positive integer, got {value!r}")
-        if self.emb_len % self.num_heads:
-            raise ValueError(f"model config: emb_len ({self.emb_len}) must be divisible by "
-                             f"num_heads ({self.num_heads})")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
-                or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model config: dropout must be in [0, 1), got {self.dropout!r}")
+        validation.check_config(self)          # a config read from a file may hold anything
         self.dropout = float(self.dropout)
-
-    @classmethod
-    def from_params(cls, params) -> "ModelConfig":
-        """Build from a module or object with the fields as attributes (e.g. Model_Params)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if not hasattr(params, n)]
-        if missing:
-            raise ValueError(f"model config: {getattr(params, '__name__', params)} lacks {', '.join(missing)}")
-        return cls(**{n: getattr(params, n) for n in names})
 
     def to_dict(self) -> dict:
         """Plain dict of plain values (safe for torch.load(weights_only=True))."""
@@ -66,14 +50,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         """Inverse of to_dict. Unknown or missing keys raise ValueError (a checkpoint from other code)."""
-        if not isinstance(d, dict):
-            raise ValueError(f"model config must be a dict, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown, missing = sorted(set(d) - names), sorted(names - set(d))
-        if unknown:
-            raise ValueError(f"model config has unknown keys: {', '.join(map(str, unknown))}")
-        if missing:
-            raise ValueError(f"model config lacks keys: {', '.join(missing)}")
+        validation.check_config_dict(d, {f.name for f in dataclasses.fields(cls)})
         return cls(**d)
 
 
@@ -99,18 +76,24 @@ def causal_mask(q_len: int, k_len: int, device) -> torch.Tensor:
     return k_pos <= q_pos
 
 
+def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """How much each query looks at each key: q (B, H, Tq, D), k (B, H, Tk, D) -> (B, H, Tq, Tk),
+    every row a probability distribution over the positions the query may see."""
+    # Scale by 1/sqrt(D) so score variance stays ~1 whatever the head size; without it
+    # softmax saturates and gradients vanish.
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])          # (B, H, Tq, Tk)
+    # A token may only look at itself and the past: the future gets -inf, i.e. weight 0.
+    scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    return F.softmax(scores, dim=-1)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout_p: float = 0.0,
            training: bool = False) -> torch.Tensor:
     """Causal attention. q (B, H, Tq, D), k and v (B, H, Tk, D) with Tk >= Tq -> (B, H, Tq, D)."""
-    Tq, Tk, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    Tq, Tk = q.shape[-2], k.shape[-2]
     dropout_p = dropout_p if training else 0.0
     if impl == "explicit":                                   # the textbook formula, for reading
-        # Scale by 1/sqrt(D) so score variance stays ~1 whatever the head size; without it
-        # softmax saturates and gradients vanish.
-        scores = q @ k.transpose(-2, -1) / math.sqrt(D)      # (B, H, Tq, Tk)
-        # A token may only look at itself and the past: the future gets -inf, i.e. weight 0.
-        scores = scores.masked_fill(~causal_mask(Tq, Tk, q.device), float("-inf"))
-        weights = F.dropout(F.softmax(scores, dim=-1), dropout_p, training)
+        weights = F.dropout(attention_weights(q, k), dropout_p, training)
         return weights @ v                                   # (B, H, Tq, D): weighted sum of values
     # Fused kernel, same result. Its is_causal flag assumes Tq == Tk; a single new query (Tq == 1)
     # may see everything in the cache, so it needs no mask at all.
@@ -122,11 +105,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout
 
 class KVCache:
     """Keys and values of every layer for the positions seen so far, so that generating one more
-    token costs one position's work instead of re-running the whole window.
-
-    Buffers are (num_layers, B, H, block_size, D), allocated on first use with the dtype and device
-    of the keys (so autocast and any device just work). `length` positions are filled.
-    """
+    token costs one position's work instead of re-running the whole window. Buffers are
+    (num_layers, B, H, block_size, D), allocated on first use with the keys' dtype and device
+    (so autocast and any device just work). `length` positions are filled."""
 
     def __init__(self, config: ModelConfig):
         self.config = config
@@ -174,11 +155,14 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.emb_len, config.emb_len)
         self.resid_drop = nn.Dropout(config.dropout)
 
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, E) -> queries, keys, values, each (B, H, T, D)."""
+        q, k, v = self.qkv(x).split(x.shape[-1], dim=2)                # 3 × (B, T, E)
+        return tuple(split_heads(t, self.num_heads) for t in (q, k, v))
+
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """(B, T, E) -> (B, T, E)."""
-        E = x.shape[-1]
-        q, k, v = self.qkv(x).split(E, dim=2)                          # 3 × (B, T, E)
-        q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))  # 3 × (B, H, T, D)
+        q, k, v = self.heads(x)                                        # 3 × (B, H, T, D)
         if cache is not None:
             k, v = cache.store(self.layer_index, k, v)                 # (B, H, past + T, D)
         y = attend(q, k, v, self.impl, self.dropout, self.training)    # (B, H, T, D)
@@ -298,37 +282,51 @@ class Transformer(nn.Module):
     # token. Every token is therefore predicted from between block_size // 2 and block_size tokens
     # of context. A prompt longer than block_size starts from its last block_size tokens.
 
+    @torch.no_grad()
+    def generate_plain(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generation in its plainest form, for reading: (1, T) prompt -> (1, T + max_new_tokens).
+        Run the model on the last block_size tokens, turn the last position's logits into a
+        distribution, draw one token, append it, repeat. stream() below draws the same tokens while
+        the text fits in block_size (test), re-using a KV cache instead of re-reading the window."""
+        with self.eval_mode():
+            for _ in range(max_new_tokens):
+                logits, _ = self(idx[:, -self.config.block_size:])             # (1, T, V)
+                token = sample_next(logits[:, -1, :], temperature, generator=generator)  # (1,)
+                idx = torch.cat([idx, token[:, None].to(idx.device)], dim=1)   # (1, T + 1)
+        return idx
+
     def stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-               generator: torch.Generator | None = None) -> Iterator[int]:
+               generator: torch.Generator | None = None, with_logits: bool = False) -> Iterator:
         """Yield new token ids one at a time, each as soon as it is chosen. idx: (1, T) prompt.
+        with_logits: yield (token, its step's logits (V,)) instead, to show what the model weighed.
 
         temperature 0 is greedy; top_k keeps the k likeliest tokens; top_p keeps the smallest set
         of likeliest tokens whose probability reaches top_p. Sampling draws from `generator` (a CPU
         torch.Generator; sampling runs on the CPU so a seed gives the same draws on any device).
         Break out of the loop to stop early. Settings are checked now, not at the first token.
         """
-        check_sampling_settings(temperature, top_k, top_p)
-        self._check_prompt(idx, max_new_tokens, batch=1)
-        return self._stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+        validation.check_sampling(temperature, top_k, top_p)
+        validation.check_prompt(idx, self.config.vocab_size, max_new_tokens)
+        return self._stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, with_logits)
 
-    def _stream(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator):
+    def _stream(self, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, with_logits):
         window = _ContextWindow(self, use_cache, prompt_len=idx.shape[1])
         seq = idx                                                              # (1, T + generated)
         for _ in range(max_new_tokens):
             # Grad mode and eval mode are set per step, not around the yield, so nothing leaks to
             # the caller while the generator waits.
-            with torch.no_grad(), self._eval_mode():
+            with torch.no_grad(), self.eval_mode():
                 logits = window.next_logits(seq)                               # (1, V)
                 token = sample_next(logits, temperature, top_k, top_p, generator)[0].item()
             seq = torch.cat([seq, torch.tensor([[token]], dtype=seq.dtype, device=seq.device)], dim=1)
-            yield token
+            yield (token, logits[0]) if with_logits else token
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """(1, T) prompt -> (1, T + max_new_tokens): the prompt with the new tokens appended.
-        Same arguments as stream()."""
+        """(1, T) prompt -> (1, T + max_new_tokens), the prompt and the new tokens; as stream()."""
         new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
         return torch.cat([idx, torch.tensor([new], dtype=idx.dtype, device=idx.device)], dim=1)
 
@@ -342,17 +340,11 @@ class Transformer(nn.Module):
         is finished (kept, with that token) and n may be < max_new_tokens; without, every beam has
         max_new_tokens tokens. Deterministic: ties go to the lower beam, then the lower token id.
         """
-        if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
-            raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
-        if not math.isfinite(length_penalty) or length_penalty < 0:
-            raise ValueError(f"length_penalty must be a finite number >= 0, got {length_penalty!r}")
-        self._check_prompt(idx, max_new_tokens, batch=1)
+        validation.check_beam_settings(beam_width, length_penalty)
+        validation.check_prompt(idx, self.config.vocab_size, max_new_tokens)
         V = self.config.vocab_size
-
-        def normalised(total: float, n: int) -> float:
-            return total / (n ** length_penalty)
-
-        with torch.no_grad(), self._eval_mode():
+        normalised = lambda total, n: total / (n ** length_penalty)                # noqa: E731
+        with torch.no_grad(), self.eval_mode():
             window = _ContextWindow(self, use_cache, prompt_len=idx.shape[1])
             seqs = idx                                        # (beams, T + step): one beam at first
             scores = torch.zeros(1, device=idx.device)        # (beams,) summed log-probs
@@ -380,29 +372,14 @@ class Transformer(nn.Module):
                 seqs = torch.cat([seqs[rows_t], seqs.new_tensor(tokens)[:, None]], dim=1)
                 scores = candidates[rows_t * V + torch.tensor(tokens, device=idx.device)]
                 window.reorder(rows_t)
-                if len(finished) >= beam_width and end_token is not None and length_penalty == 0:
-                    # Raw sums only fall as beams grow, so no live beam can beat a finished one.
-                    if max(f[0] for f in finished) >= scores.max().item():
-                        break
             n_new = seqs.shape[1] - idx.shape[1]
             pool = finished + [(normalised(s, n_new) if n_new else 0.0, seq)
                                for s, seq in zip(scores.tolist(), seqs)]
             best = max(range(len(pool)), key=lambda i: (pool[i][0], -i))   # first of equals wins
             return pool[best][1][None, :]
 
-    def _check_prompt(self, idx: torch.Tensor, max_new_tokens: int, batch: int) -> None:
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[0] != batch or idx.shape[1] < 1:
-            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-            raise ValueError(f"prompt must be a ({batch}, T) tensor of token ids with T >= 1, got {shape}")
-        if idx.dtype != torch.long:
-            raise ValueError(f"prompt token ids must be torch.long, got {idx.dtype}")
-        if idx.min().item() < 0 or idx.max().item() >= self.config.vocab_size:
-            raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-
     @contextlib.contextmanager
-    def _eval_mode(self):
+    def eval_mode(self):
         """Eval mode (no dropout) inside the block; the previous mode afterwards."""
         was_training = self.training
         self.eval()
@@ -447,25 +424,19 @@ class _ContextWindow:
 
 # ─────────────────────────────────────────── sampling ────────────────────────────────────────────
 
-def check_sampling_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Raise ValueError with a one-line message for settings that make no sense."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 (or None for no limit), got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1] (or None for no limit), got {top_p!r}")
-
-
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (B, V) -> chosen token ids (B,), on the CPU."""
     logits = logits.detach().float().cpu()
     if temperature == 0:                                        # greedy: the likeliest token
         return logits.argmax(dim=-1)
-    logits = logits / temperature            # < 1 sharpens the distribution, > 1 flattens it
+    # temperature < 1 sharpens the distribution, > 1 flattens it; then top-k / top-p cut its tail.
+    probs = F.softmax(keep_likeliest(logits / temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+
+
+def keep_likeliest(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """logits (B, V) with every token that top-k or top-p rules out set to -inf."""
     if top_k is not None and top_k < logits.shape[-1]:
         kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]             # (B, 1)
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
@@ -476,5 +447,4 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         drop_sorted = probs.cumsum(dim=-1) - probs >= top_p                       # (B, V)
         drop = drop_sorted.scatter(-1, order, drop_sorted)                        # back to id order
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+    return logits

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from Model import KVCache, ModelConfig, Transformer, attend, sample_next
+from Model import KVCache, ModelConfig, Transformer, attend, attention_weights, keep_likeliest, sample_next
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,12 +64,6 @@ def test_config_from_dict_rejects_unknown_and_missing_keys():
     del d["num_heads"]
     with pytest.raises(ValueError, match="lacks keys: num_heads"):
         ModelConfig.from_dict(d)
-
-
-def test_config_from_params_reads_every_field_of_model_params():
-    import Model_Params
-    config = ModelConfig.from_params(Model_Params)
-    assert config.to_dict() == {k: getattr(Model_Params, k) for k in config.to_dict()}
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -405,4 +399,37 @@ def test_model_module_never_imports_a_script():
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {"init", "train", "run"}
-    assert imported <= {"__future__", "contextlib", "dataclasses", "math", "typing", "torch"}
+    assert imported <= {"__future__", "contextlib", "dataclasses", "math", "typing", "torch", "support"}
+
+
+def test_plain_generation_draws_the_same_tokens_as_the_cached_stream_within_the_context():
+    model = peaked_model()
+    for temperature, seed in ((0, 0), (0.8, 1), (1.3, 2)):
+        plain = model.generate_plain(prompt(1, 2, 3), 20, temperature, torch.Generator().manual_seed(seed))
+        cached = model.generate(prompt(1, 2, 3), 20, temperature, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(plain, cached)                  # 3 + 20 tokens fit in block_size 32
+
+
+def test_stream_with_logits_yields_each_step_distribution_and_the_same_tokens():
+    model = peaked_model()
+    pairs = list(model.stream(prompt(5), 6, temperature=0, with_logits=True))
+    tokens = list(model.stream(prompt(5), 6, temperature=0))
+    assert [t for t, _ in pairs] == tokens
+    assert all(logits.shape == (64,) and logits.argmax().item() == t for t, logits in pairs)
+
+
+def test_keep_likeliest_rules_out_what_top_k_and_top_p_remove():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(keep_likeliest(logits, 2, None)).tolist() == [[False, False, True, True]]
+    # top-p 0.7: 0.5 alone is below 0.7, 0.5 + 0.3 reaches it; the rest go.
+    assert torch.isinf(keep_likeliest(logits, None, 0.7)).tolist() == [[False, False, True, True]]
+    assert not torch.isinf(keep_likeliest(logits, None, 1.0)).any()
+
+
+def test_attention_weights_are_distributions_over_the_visible_past_only():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    weights = attention_weights(q, k)                                  # (B, H, T, T)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 3, 5))
+    visible = torch.ones(5, 5).tril().bool()
+    assert torch.all(weights[..., ~visible] == 0) and torch.all(weights[..., visible] > 0)

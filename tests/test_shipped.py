@@ -35,7 +35,7 @@ def test_shipped_weights_load_with_the_shipped_tokenizer():
 def test_model_params_defaults_describe_the_shipped_model():
     # Otherwise `python run.py` would greet a new user with a "Model_Params differs" note.
     shipped = ModelConfig.from_dict(load_checkpoint(WEIGHTS)["model_config"])
-    assert shipped == ModelConfig.from_params(Model_Params)
+    assert shipped.to_dict() == {name: getattr(Model_Params, name) for name in shipped.to_dict()}
 
 
 def test_shipped_model_validation_slice_matches_readme():
