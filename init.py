@@ -1,6 +1,7 @@
 """Learn the BPE tokenizer from a text and save it: the first step of the pipeline.
 
     python init.py [--input PATH] [--vocab-size N] [--out DIR] [--sample-bytes N]
+    python init.py --explain TEXT [--out DIR]     # show how the saved tokenizer splits TEXT
 
 Defaults: Train_Data/input.txt, Model_Params.vocab_size, tokenizer_save/, a 100 MB sample.
 Progress and the summary go to stderr. The new tokenizer is written into a temporary folder
@@ -8,34 +9,23 @@ beside DIR and swapped in only when complete, so a failed run leaves an existing
 
 The text is never held as one string: it is read a piece at a time and only the counts of its
 distinct chunks are kept. A file larger than --sample-bytes is learned from a sample of that size,
-taken as 1 MB windows spread evenly over the file.
+taken as 1 MB windows spread evenly over the file (support/corpus.py).
 """
 
-import math
-import os
-import re
-import shutil
 import sys
-import tempfile
 import time
-from itertools import chain
 from pathlib import Path
 
 from tqdm import tqdm
 
+from support import explain
+from support.corpus import (DEFAULT_SAMPLE_BYTES, count_chunks, input_size, parse_size, read_pieces,
+                            read_sample, sample_ranges)
+from support.files import replace_folder, write_failure
 from support.settings import Parser, UserError, load_params
-from tokenizer import (MAX_VOCAB, NUM_BYTES, Tokenizer, TokenizerError, count_chunks, read_pieces,
-                       safe_cuts)
+from tokenizer import MAX_VOCAB, NUM_BYTES, SPLIT_RE, Tokenizer, TokenizerError
 
 REPO = Path(__file__).resolve().parent
-
-# The default sample. The merges of a vocabulary of a few thousand tokens are settled by the
-# commonest pairs, which 100 MB of text pins down; reading it takes about 20 s here (chunk counting
-# runs at ~5 MB/s on one core), and the counts of its distinct chunks stay far below 1 GB.
-DEFAULT_SAMPLE_BYTES = 100_000_000
-SAMPLE_WINDOW_BYTES = 1 << 20   # the sample is made of windows this size, spread over the file
-_SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)b?", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
 
 
 def parse_args(argv):
@@ -52,6 +42,9 @@ def parse_args(argv):
                         help="learn from at most this much of the input, in 1 MB windows spread "
                              "over it; k, M, G suffixes allowed, e.g. 500M (default: 100M; the "
                              "whole file when smaller)")
+    parser.add_argument("--explain", metavar="TEXT",
+                        help="train nothing: show, step by step, how the tokenizer saved in --out "
+                             "splits TEXT into tokens (on stdout)")
     return parser.parse_args(argv)
 
 
@@ -70,55 +63,13 @@ def parse_vocab_size(value: str) -> int:
 
 def parse_sample_bytes(value: str) -> int:
     """"100000000", "100M", "500 MB", "2G" -> bytes (k, M, G are powers of 1000)."""
-    match = _SIZE_RE.fullmatch(value.strip())
-    if not match:
+    size = parse_size(value)
+    if size is None:
         raise UserError(f"--sample-bytes must be a number of bytes, optionally with k, M or G "
                         f"(e.g. 200M), got {value!r}")
-    size = int(match[1]) * _SIZE_UNITS[match[2].lower()]
     if size < 1:
         raise UserError("--sample-bytes must be at least 1")
     return size
-
-
-def input_size(path: Path) -> int:
-    """The input's size in bytes; missing, unreadable or empty files are user errors."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.read(1)  # readable, not just present
-    except FileNotFoundError:
-        raise UserError(f"input file {path} not found") from None
-    except IsADirectoryError:
-        raise UserError(f"input {path} is a folder, not a text file") from None
-    except OSError as e:
-        raise UserError(f"cannot read input file {path} ({e.strerror})") from None
-    if size == 0:
-        raise UserError(f"input file {path} is empty — nothing to learn from")
-    return size
-
-
-def sample_ranges(path: Path, size: int, sample_bytes: int) -> list[tuple[int, int]]:
-    """Byte ranges of the file to learn from, each starting and ending at a safe cut.
-
-    A file of at most sample_bytes is covered whole, by consecutive ranges. A larger one gives
-    about sample_bytes in windows of about SAMPLE_WINDOW_BYTES spread evenly over it, so every
-    part of the file (a corpus is often sorted by source or date) has its say.
-    """
-    taken = min(size, sample_bytes)
-    windows = math.ceil(taken / SAMPLE_WINDOW_BYTES)
-    # Window i spans [i*size/windows, (i*size + taken)/windows): when taken == size, each one ends
-    # where the next begins, and the cuts found from equal offsets are equal.
-    offsets = chain.from_iterable((i * size // windows, (i * size + taken) // windows)
-                                  for i in range(windows))
-    cuts = safe_cuts(path, offsets)
-    return [(start, end) for start, end in zip(cuts[::2], cuts[1::2]) if start < end]
-
-
-def read_sample(path: Path, ranges, bar):
-    """Yield the text of the ranges a piece at a time (see tokenizer.read_pieces)."""
-    for start, end in ranges:
-        yield from read_pieces(path, start, end)
-        bar.update(end - start)
 
 
 def sample_line(text: str, max_chars: int = 80) -> str:
@@ -139,29 +90,21 @@ def check_out(out: Path) -> None:
         raise UserError(f"cannot create --out {out}: {ancestor} is not a folder")
 
 
-def save_swapped(tok: Tokenizer, out: Path) -> None:
-    """Save into a fresh folder beside out, then swap it in; out stays intact if anything fails."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # a private folder on the same filesystem, so both renames below are atomic
-    work = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    new, old = work / "new", work / "old"
-    try:
-        tok.save(new)
-        Tokenizer.load(new)  # read back what was written before trusting it
-        if out.exists():
-            os.replace(out, old)
-        try:
-            os.replace(new, out)
-        except BaseException:
-            if old.exists():
-                os.replace(old, out)  # put the previous tokenizer back
-            raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def save_checked(tok: Tokenizer, folder: Path) -> None:
+    """Save tok into a fresh folder and read it back before trusting it (see replace_folder)."""
+    tok.save(folder)
+    Tokenizer.load(folder)
 
 
 def run(argv) -> None:
     args = parse_args(argv)
+    if args.explain is not None:
+        if not args.explain:
+            raise UserError("--explain needs some text, e.g. --explain 'To be, or not to be'")
+        tok = Tokenizer.load(args.out)
+        tok.encode(args.explain)   # a text that cannot be encoded fails here, as one line
+        print("\n".join(explain.explain(tok, args.explain, explain.use_colour(sys.stdout))))
+        return
     vocab_size = parse_vocab_size(args.vocab_size)
     sample_bytes = parse_sample_bytes(args.sample_bytes)
     input_path, out = Path(args.input), Path(args.out)
@@ -175,7 +118,7 @@ def run(argv) -> None:
         # delay: a bar only when reading takes a while, not for a small file
         with tqdm(total=sampled, unit="B", unit_scale=True, desc="reading", file=sys.stderr,
                   delay=0.5) as bar:
-            chunk_counts = count_chunks(read_sample(input_path, ranges, bar))
+            chunk_counts = count_chunks(read_sample(input_path, ranges, bar), SPLIT_RE)
         first_piece = next(read_pieces(input_path, *ranges[0]), "")
     except OSError as e:
         raise UserError(f"cannot read input file {input_path} ({e.strerror or e})") from None
@@ -194,9 +137,9 @@ def run(argv) -> None:
              f"a {sampled:,}-byte sample of {input_path} ({len(ranges)} "
              f"{'window' if len(ranges) == 1 else 'windows'} over its {size:,} bytes)")
     try:
-        save_swapped(tok, out)
+        replace_folder(out, lambda new: save_checked(tok, new))
     except OSError as e:
-        raise UserError(f"cannot save the tokenizer in {out}/ ({e.strerror or e})") from None
+        raise UserError(f"cannot save the tokenizer in {out}/ ({write_failure(e, out.parent)})") from None
     line = sample_line(first_piece)
     summary = [
         f"vocab size:      {tok.vocab_size}",

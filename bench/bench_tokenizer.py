@@ -7,7 +7,7 @@ Targets on Train_Data/input.txt at vocab 4096 (2-core machine): training <= 1.0 
 encode >= 5 MB/s, decode >= 20 MB/s. Encoding is timed twice: the first call on a fresh tokenizer,
 and later calls, which find every chunk in the tokenizer's chunk cache. The cut into chunks is
 also timed alone, made by the regex SPLIT_RE and by the numpy chunk_keys that encode uses. Also
-prints characters per token and, for scale, how long the plain reference trainer of the tests (a
+prints characters per token and, for scale, how long the plain trainer tokenizer.train_bpe (a
 full recount before every merge) takes for 100 merges.
 Timings on a shared machine are noisy: the load average is printed with them, and each figure
 comes as wall time and as CPU time (the steadier one while other jobs compete for the cores).
@@ -26,8 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import tokenizer  # noqa: E402
-from tokenizer import SPLIT_RE, Tokenizer, chunk_keys, chunk_of_key  # noqa: E402
+from support import fast_bpe  # noqa: E402
+from support.fast_bpe import chunk_keys, chunk_of_key  # noqa: E402
+from tokenizer import SPLIT_RE, Tokenizer, train_bpe  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> tuple[float, float, object]:
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-reference", action="store_true",
-                        help="skip the slow reference trainer")
+                        help="skip the slow plain trainer")
     args = parser.parse_args()
 
     text = Path(args.input).read_text(encoding="utf-8")
@@ -95,10 +96,10 @@ def main() -> None:
     print(f"cutting into {len(chunks):,} chunks: SPLIT_RE.findall {regex_wall:.3f} s, "
           f"chunk_keys (numpy) {numpy_wall:.3f} s ({regex_wall / numpy_wall:.1f}x faster)")
     # a first call with every chunk merged one by one (the plain path), for the ratio
-    bulk_min = tokenizer._BULK_MIN_CHUNKS
-    tokenizer._BULK_MIN_CHUNKS = float("inf")
+    bulk_min = fast_bpe.BULK_MIN_CHUNKS
+    fast_bpe.BULK_MIN_CHUNKS = float("inf")
     plain_wall, plain_cpu, plain_ids = median_time(first_call(), args.repeats)
-    tokenizer._BULK_MIN_CHUNKS = bulk_min
+    fast_bpe.BULK_MIN_CHUNKS = bulk_min
     assert plain_ids == ids, "the one-by-one path disagrees"
     print(f"encode, first call, chunks merged one by one: {megabytes / plain_wall:.1f} MB/s wall "
           f"({plain_wall:.3f} s; numpy bulk merging is {plain_wall / first_wall:.2f}x faster)")
@@ -123,13 +124,11 @@ def main() -> None:
     print(f"encode of one 200,000-letter chunk: {wall:.2f} s wall, {cpu:.2f} s CPU")
 
     if not args.no_reference:
-        sys.path.insert(0, str(REPO / "tests"))
-        from test_tokenizer import reference_train  # the plain twin the tests trust
-        wall, cpu, (merges, _) = median_time(
-            lambda: reference_train(text, args.vocab_size, max_merges=100), 1)
-        print(f"reference trainer, first 100 merges: {wall:.1f} s wall, {cpu:.1f} s CPU "
+        # the plain twin the tests trust (tokenizer.train_bpe), for scale
+        wall, cpu, merges = median_time(lambda: train_bpe(text, 256 + 100), 1)
+        print(f"plain trainer (train_bpe), first 100 merges: {wall:.1f} s wall, {cpu:.1f} s CPU "
               f"(one run)")
-        assert merges == tok.merges[:100], "reference trainer disagrees"
+        assert merges == tok.merges[:100], "plain trainer disagrees"
 
 
 if __name__ == "__main__":

@@ -16,16 +16,16 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 import init
-import tokenizer
-from conftest import REPO
-from tokenizer import (SPLIT_RE, Tokenizer, TokenizerError, count_chunks, read_pieces,
-                       safe_cuts)
+from support import corpus
+from support.corpus import count_chunks, read_pieces, safe_cuts
+from test_tokenizer import english_like_text
+from tokenizer import SPLIT_RE, Tokenizer, TokenizerError
 
-SHAKESPEARE = (REPO / "Train_Data" / "input.txt").read_text(encoding="utf-8")[:60_000]
+ENGLISH = english_like_text()[:60_000]   # made by the tests, never Train_Data/input.txt
 # Multi-byte characters (2, 3 and 4 bytes), Unicode whitespace (U+3000, U+00A0, U+001C) and long
 # whitespace runs, so that small pieces cut inside characters and inside whitespace runs.
 MIXED = ("Ça coûte 12€ —  l'été\u3000arrive.\n\n\n  \t𝄞 notes_here don't\xa0stop \x1c\n" * 40
-         + SHAKESPEARE[:5000])
+         + ENGLISH[:5000])
 # the characters random texts are made of: every kind the split pattern treats differently
 ALPHABET = "ab1 \n\t\u3000\xa0\x1c'_.,é€𝄞s"
 
@@ -33,7 +33,7 @@ ALPHABET = "ab1 \n\t\u3000\xa0\x1c'_.,é€𝄞s"
 @pytest.fixture(scope="module")
 def mixed_tok() -> Tokenizer:
     tok = Tokenizer()
-    tok.train(MIXED + SHAKESPEARE, 420)
+    tok.train(MIXED + ENGLISH, 420)
     return tok
 
 
@@ -50,7 +50,7 @@ def test_streamed_chunk_counting_equals_counting_the_whole_string(tmp_path, piec
     path = write(tmp_path, MIXED)
     pieces = list(read_pieces(path, piece_bytes=piece_bytes))
     assert "".join(pieces) == MIXED
-    assert count_chunks(pieces) == Counter(SPLIT_RE.findall(MIXED))
+    assert count_chunks(pieces, SPLIT_RE) == Counter(SPLIT_RE.findall(MIXED))
 
 
 @settings(max_examples=150, deadline=None)
@@ -61,10 +61,10 @@ def test_pieces_and_safe_cuts_keep_the_chunks_of_the_whole_text(text, piece_byte
     """Pieces cut anywhere (inside characters, inside whitespace runs) and files cut at safe_cuts
     (found with small scan windows, so block ends straddle windows) give the whole text's chunks."""
     with tempfile.TemporaryDirectory() as folder, \
-            mock.patch.object(tokenizer, "_SCAN_BYTES", scan_bytes):
+            mock.patch.object(corpus, "SCAN_BYTES", scan_bytes):
         path = write(Path(folder), text)
         size = path.stat().st_size
-        assert count_chunks(read_pieces(path, piece_bytes=piece_bytes)) == Counter(SPLIT_RE.findall(text))
+        assert count_chunks(read_pieces(path, piece_bytes=piece_bytes), SPLIT_RE) == Counter(SPLIT_RE.findall(text))
         found = safe_cuts(path, offsets)
         assert found == [first_block_end(text, offset) for offset in offsets]
         cuts = sorted(set([0, *found, size]))
@@ -97,24 +97,24 @@ def test_a_safe_cut_is_found_past_a_long_stretch_without_whitespace(tmp_path):
 # ─────────────────────────────────────────── training ───────────────────────────────────────────
 
 def test_training_from_streamed_chunk_counts_gives_the_merges_of_train(tmp_path):
-    text = MIXED + SHAKESPEARE
+    text = MIXED + ENGLISH
     path = write(tmp_path, text)
     whole, streamed = Tokenizer(), Tokenizer()
     whole.train(text, 500)
-    streamed.train_from_chunk_counts(count_chunks(read_pieces(path, piece_bytes=777)), 500)
+    streamed.train_from_chunk_counts(count_chunks(read_pieces(path, piece_bytes=777), SPLIT_RE), 500)
     assert streamed.merges == whole.merges and len(whole.merges) == 244
 
 
 def test_count_tokens_from_chunk_counts_equals_the_length_of_encode(mixed_tok):
-    assert mixed_tok.count_tokens(count_chunks([MIXED])) == len(mixed_tok.encode(MIXED))
+    assert mixed_tok.count_tokens(count_chunks([MIXED], SPLIT_RE)) == len(mixed_tok.encode(MIXED))
 
 
 def test_sampled_training_of_a_file_smaller_than_the_sample_equals_training_on_it(tmp_path, capsys):
-    text = MIXED + SHAKESPEARE
+    text = MIXED + ENGLISH
     path = write(tmp_path, text)
     # several 1 MB windows would be needed for more: force small ones to cover the file in parts
-    with mock.patch.object(init, "SAMPLE_WINDOW_BYTES", 1000):
-        ranges = init.sample_ranges(path, path.stat().st_size, 10 ** 8)
+    with mock.patch.object(corpus, "SAMPLE_WINDOW_BYTES", 1000):
+        ranges = corpus.sample_ranges(path, path.stat().st_size, 10 ** 8)
         assert len(ranges) > 50 and ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
         assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # consecutive: the whole file
         assert init.main(["--input", str(path), "--vocab-size", "400", "--out", str(tmp_path / "tok")]) == 0
@@ -130,8 +130,8 @@ def test_a_file_larger_than_the_sample_is_learned_from_windows_spread_over_it(tm
     text = "".join(f"part{i} " * 3000 + "\n" for i in range(10))
     path = write(tmp_path, text)
     size = path.stat().st_size
-    with mock.patch.object(init, "SAMPLE_WINDOW_BYTES", 1000):
-        ranges = init.sample_ranges(path, size, 20_000)
+    with mock.patch.object(corpus, "SAMPLE_WINDOW_BYTES", 1000):
+        ranges = corpus.sample_ranges(path, size, 20_000)
         assert init.main(["--input", str(path), "--vocab-size", "300", "--out", str(tmp_path / "tok"),
                           "--sample-bytes", "20k"]) == 0
     assert len(ranges) == 20 and all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))

@@ -1,10 +1,17 @@
 """Tests of init.py, run as a user would run it (in a subprocess, writing only under tmp_path)."""
+import ast
+import os
+import pty
+import re
+import subprocess
+import sys
+
 import pytest
 
 import init
 import Model_Params
 from conftest import REPO, run_script
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, encode_bpe
 
 CORPUS = ("To be, or not to be, that is the question:\n"
           "Whether 'tis nobler in the mind to suffer\n"
@@ -136,3 +143,144 @@ def test_sample_line_is_a_line_of_the_text_with_some_substance():
     assert init.sample_line("\n\nHi\nThis line is long enough to show.\n") == \
         "This line is long enough to show."
     assert init.sample_line("short") == "short"
+
+
+# ─────────────────────────── --explain: how the saved tokenizer splits a text ───────────────────────────
+
+EXPLAINED = "To be, or not to be: that is the question, café 2024!\n"
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory):
+    """A tiny tokenizer trained here, in a temporary folder (never the committed tokenizer_save/)."""
+    folder = tmp_path_factory.mktemp("explain") / "tok"
+    tok = Tokenizer()
+    tok.train(CORPUS + "café café 2024 2024", 320)
+    tok.save(folder)
+    return folder, tok
+
+
+def environment(**changes) -> dict:
+    env = {key: value for key, value in os.environ.items() if key != "NO_COLOR"}
+    return {**env, "PYTHONHASHSEED": "0", **changes}
+
+
+def run_in_terminal(*args, env: dict) -> tuple[int, str, str]:
+    """Run init.py with its stdout on a pseudo-terminal (isatty() is true there): exit code,
+    stdout (with the terminal's \\r\\n made \\n again) and stderr."""
+    main_end, script_end = pty.openpty()
+    process = subprocess.Popen([sys.executable, str(REPO / "init.py"), *map(str, args)], cwd=REPO, env=env,
+                               stdin=subprocess.DEVNULL, stdout=script_end, stderr=subprocess.PIPE)
+    os.close(script_end)
+    output = b""
+    while True:
+        try:
+            data = os.read(main_end, 1 << 16)
+        except OSError:   # EIO: the script closed its end
+            break
+        if not data:
+            break
+        output += data
+    os.close(main_end)
+    stderr = process.stderr.read().decode()
+    process.wait(timeout=60)
+    return process.returncode, output.decode().replace("\r\n", "\n"), stderr
+
+
+def fired_ranks(tok: Tokenizer, text: str) -> list[int]:
+    """The ranks of the merges the plain encoder applies to text, each once, in increasing order."""
+    steps = []
+    encode_bpe(text, tok.merges, lambda rank, at, after: steps.append(rank))
+    return sorted(set(steps))
+
+
+def check_explanation(stdout: str, tok: Tokenizer, text: str) -> list[str]:
+    """Check what every explanation must show; returns the lines that show the tokens after each merge."""
+    lines = stdout.splitlines()
+    ids_line = next(line for line in lines if line.startswith("ids:"))
+    assert ast.literal_eval(ids_line.removeprefix("ids:").strip()) == tok.encode(text)
+    merges = [(i, re.match(r"merge #(\d+): (.*) \+ (.*) -> (.*) \(id (\d+)\)$", line))
+              for i, line in enumerate(lines) if line.startswith("merge #")]
+    ranks = [int(m[1]) for _, m in merges]
+    assert ranks == fired_ranks(tok, text) and ranks == sorted(set(ranks)) and len(ranks) > 5
+    for _, m in merges:
+        rank = int(m[1])
+        left, right = tok.merges[rank]
+        assert (m[2], m[3], m[4]) == tuple(repr(tok.token_text(i)) for i in (left, right, 256 + rank))
+        assert int(m[5]) == 256 + rank
+    assert lines[-1].startswith(f"{len(text)} characters -> {len(tok.encode(text))} tokens: ")
+    return [lines[i + 1] for i, _ in merges]
+
+
+def test_explain_off_a_terminal_shows_each_merge_with_bars_and_no_escape_codes(tiny_tokenizer):
+    folder, tok = tiny_tokenizer
+    result = run_script("init.py", "--explain", EXPLAINED, "--out", folder, env=environment())
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "\x1b" not in result.stdout
+    after_each_merge = check_explanation(result.stdout, tok, EXPLAINED)
+    assert after_each_merge[-1].strip() == "|".join(
+        repr(tok.token_text(i))[1:-1] for i in tok.encode(EXPLAINED))
+    assert "chunks: To| be|,| or| not| to| be|:| that|" in result.stdout
+
+
+def test_explain_in_a_terminal_puts_tokens_on_alternating_colours(tiny_tokenizer):
+    folder, tok = tiny_tokenizer
+    code, stdout, stderr = run_in_terminal("--explain", EXPLAINED, "--out", folder, env=environment())
+    assert code == 0 and stderr == "", stderr
+    assert "\x1b[" in stdout
+    after_each_merge = check_explanation(stdout, tok, EXPLAINED)
+    last = after_each_merge[-1].strip()
+    coloured = re.findall(r"\x1b\[[0-9;]+m(.*?)\x1b\[0m", last)
+    assert coloured == [repr(tok.token_text(i))[1:-1] for i in tok.encode(EXPLAINED)]
+    assert len(set(re.findall(r"\x1b\[([0-9;]+)m", last)) - {"0"}) == 2   # two backgrounds, in turn
+
+
+@pytest.mark.parametrize("value", ["1", ""])
+def test_explain_with_no_color_set_writes_no_escape_codes_even_on_a_terminal(tiny_tokenizer, value):
+    folder, tok = tiny_tokenizer
+    code, stdout, stderr = run_in_terminal("--explain", EXPLAINED, "--out", folder,
+                                           env=environment(NO_COLOR=value))
+    assert code == 0 and stderr == "", stderr
+    assert "\x1b" not in stdout and "|" in stdout
+    check_explanation(stdout, tok, EXPLAINED)
+
+
+def test_explain_needs_no_input_file_and_trains_nothing(tiny_tokenizer, tmp_path):
+    folder, tok = tiny_tokenizer
+    before = snapshot(folder)
+    result = run_script("init.py", "--explain", "the question", "--out", folder,
+                        "--input", tmp_path / "missing.txt", env=environment())
+    assert result.returncode == 0, result.stderr
+    assert snapshot(folder) == before and list(tmp_path.iterdir()) == []
+
+
+EXPLAIN_MISTAKES = {
+    # case: (the folder given to --out, the text, words the error line must hold)
+    "no tokenizer folder": (lambda tmp: tmp / "nowhere", "hello", "no tokenizer in"),
+    "a damaged tokenizer": (lambda tmp: damaged_copy(tmp), "hello", "merges.json"),
+    "the original project's tokenizer": (lambda tmp: original_tokenizer(tmp), "hello", "original project"),
+    "no text": (lambda tmp: tmp / "nowhere", "", "--explain needs some text"),
+}
+
+
+def damaged_copy(tmp_path):
+    folder = tmp_path / "tok"
+    Tokenizer().save(folder)
+    (folder / "merges.json").write_text("{", encoding="utf-8")
+    return folder
+
+
+def original_tokenizer(tmp_path):
+    from test_tokenizer import write_original_tokenizer
+    write_original_tokenizer(tmp_path / "tokenizer_save", merges_as_object=False)
+    return tmp_path / "tokenizer_save"
+
+
+@pytest.mark.parametrize("case", EXPLAIN_MISTAKES)
+def test_explain_with_a_bad_tokenizer_or_text_is_one_error_line(tmp_path, case):
+    make_folder, text, words = EXPLAIN_MISTAKES[case]
+    result = run_script("init.py", "--explain", text, "--out", make_folder(tmp_path), env=environment())
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr

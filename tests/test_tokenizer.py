@@ -1,73 +1,93 @@
-"""Tests of tokenizer.py: the fast trainer against a plain one, round trips, files, errors."""
+"""Tests of tokenizer.py: the fast engine against the plain BPE, round trips, files, errors.
+
+The plain pair in tokenizer.py, train_bpe and encode_bpe, is the oracle: every fast path (the
+incremental trainer, the numpy cut, bulk merging, the chunk cache) must give exactly its merges
+and its ids. The texts are made here (random ones, and an English-like text generated from a
+word list), never read from Train_Data/input.txt, which users replace with their own.
+"""
 import copy
+import errno
 import json
 import random
 from collections import Counter
+from functools import lru_cache
 from itertools import chain
+from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-import tokenizer
-from conftest import REPO
-from tokenizer import (SPLIT_RE, Tokenizer, TokenizerError, chunk_keys, chunk_of_key, text_blocks,
-                       token_bytes, token_text)
+from support import fast_bpe
+from support.corpus import text_blocks, token_dtype
+from support.fast_bpe import chunk_keys, chunk_of_key
+from tokenizer import (SPLIT_RE, Tokenizer, TokenizerError, encode_bpe, merge_pair, token_bytes,
+                       token_text, train_bpe)
 
 # Fixed and modest: the same examples on every run, quick on a loaded 2-core machine.
 PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=150)
 
-INPUT_TXT = REPO / "Train_Data" / "input.txt"
+
+def training_segmentation(text: str, merges) -> dict[str, list[int]]:
+    """Each chunk of text -> its ids after every merge was applied to it in turn, as train_bpe
+    leaves its chunks: an encoder independent of encode_bpe's lowest-rank-first loop."""
+    segmentation = {}
+    for chunk in set(SPLIT_RE.findall(text)):
+        ids = list(chunk.encode("utf-8"))
+        for rank, pair in enumerate(merges):
+            ids = merge_pair(ids, pair, 256 + rank)
+        segmentation[chunk] = ids
+    return segmentation
 
 
-# --- the plain twins: deliberately simple, slow, obviously right -----------------------------
+# --- an English-like text, made here --------------------------------------------------------------
 
-def plain_merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace each (left, right) in ids by new_id, left to right."""
-    out, i = [], 0
-    while i < len(ids):
-        if tuple(ids[i:i + 2]) == pair:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
-def reference_train(text: str, vocab_size: int, max_merges: int | None = None):
-    """BPE with a full recount of every pair before every merge.
-
-    Returns (merges, segmentation): segmentation maps each chunk to its ids after the last merge.
-    Ties go to the smallest (left_id, right_id), the rule tokenizer.py documents.
-    """
-    chunks = Counter(SPLIT_RE.findall(text))
-    words = {chunk: list(chunk.encode("utf-8")) for chunk in chunks}
-    merges = []
-    while 256 + len(merges) < vocab_size and (max_merges is None or len(merges) < max_merges):
-        counts = Counter()
-        for chunk, ids in words.items():
-            for pair in zip(ids, ids[1:]):
-                counts[pair] += chunks[chunk]
-        if not counts:
-            break
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
-        new_id = 256 + len(merges)
-        merges.append(best)
-        words = {chunk: plain_merge(ids, best, new_id) for chunk, ids in words.items()}
-    return merges, words
+# Common words (frequent ones first: they are drawn with Zipf-like weights, as in real text), with
+# contractions, names, and words in other scripts; numbers and punctuation are added as it is made.
+WORDS = """the and to of I you a my in that is not it with me be his your this but he have as for thy
+so will what thou her by all no do shall if are our him on lord king good now sir come more they or
+let well here how would love there she o them man then than night time when why must hath may one
+go see make know upon say am like speak where tell should death did can heart father mother house
+world nothing life sweet blood queen great give think every fair eyes friend day never were these
+some much old own poor dead most hand look stay word yet again mind first such nor true men heaven
+don't it's I'll we've you're 'tis o'er can't madam Hamlet Romeo Juliet Macbeth Othello Caesar Lear
+Viola Prospero Ophelia café naïve déjà Straße Ωμέγα Жизнь 東京 über señor façade — """.split()
+NAMES = ["HAMLET", "ROMEO", "JULIET", "MACBETH", "OTHELLO", "LEAR", "VIOLA", "PROSPERO", "KING", "QUEEN"]
 
 
-def reference_encode(merges: list[tuple[int, int]], text: str) -> list[int]:
-    """Encode by applying every merge, in order, to every chunk."""
-    out, memo = [], {}
-    for chunk in SPLIT_RE.findall(text):
-        if chunk not in memo:
-            ids = list(chunk.encode("utf-8"))
-            for rank, pair in enumerate(merges):
-                ids = plain_merge(ids, pair, 256 + rank)
-            memo[chunk] = ids
-        out += memo[chunk]
-    return out
+@lru_cache(maxsize=None)
+def english_like_text(num_chars: int = 300_000, seed: int = 0) -> str:
+    """A deterministic English-like text of about num_chars: speeches by named speakers, made of
+    sentences of Zipf-weighted words with commas, numbers, questions, blank lines, indentation,
+    some non-ASCII words and the odd emoji."""
+    rng = random.Random(seed)
+    weights = [1 / (rank + 1) for rank in range(len(WORDS))]
+    parts, size = [], 0
+    while size < num_chars:
+        lines = [f"{rng.choice(NAMES)}."]
+        for _ in range(rng.randint(1, 4)):
+            words = rng.choices(WORDS, weights, k=rng.randint(3, 14))
+            words[0] = words[0][:1].upper() + words[0][1:]
+            for k in range(1, len(words)):
+                roll = rng.random()
+                if roll < 0.08:
+                    words[k - 1] += ","
+                elif roll < 0.11:
+                    words[k] = str(rng.choice([rng.randint(0, 99), rng.randint(1000, 2024),
+                                               rng.randint(10 ** 5, 10 ** 7)]))
+                elif roll < 0.12:
+                    words[k] = rng.choice(["3.14", "1,000", "(aside)", "[Exit]", "😀", "snake_case",
+                                           "“well”", "e-mail", "--", "&c."])
+            indent = rng.choice(["", "", "", "  ", "    ", "\t"])
+            lines.append(indent + " ".join(words) + rng.choice([".", ".", ".", "?", "!", ";", ":"]))
+        text = "\n".join(lines) + rng.choice(["\n\n", "\n\n", "\n", "\n\n\n", " \n\n"])
+        parts.append(text)
+        size += len(text)
+    return "".join(parts)
+
+
+def text_slice(start: int, length: int) -> str:
+    return english_like_text()[start:start + length]
 
 
 # --- corpora ----------------------------------------------------------------------------------
@@ -86,15 +106,11 @@ def random_corpus(seed: int, max_pieces: int = 120) -> str:
     return "".join(rng.choice(PIECES) for _ in range(rng.randint(0, max_pieces)))
 
 
-def input_slice(start: int, length: int) -> str:
-    return INPUT_TXT.read_text(encoding="utf-8")[start:start + length]
-
-
 @pytest.fixture(scope="module")
-def shakespeare_tok() -> Tokenizer:
+def english_tok() -> Tokenizer:
     """A small vocabulary learned from a slice of the corpus (quick to train)."""
     tok = Tokenizer()
-    tok.train(input_slice(0, 60_000), 600)
+    tok.train(text_slice(0, 60_000), 600)
     return tok
 
 
@@ -107,7 +123,7 @@ def test_fast_trainer_learns_exactly_the_reference_merges_on_random_corpora(firs
         vocab_size = 256 + random.Random(-seed).randint(0, 60)
         tok = Tokenizer()
         tok.train(text, vocab_size)
-        assert tok.merges == reference_train(text, vocab_size)[0], f"seed {seed}: {text!r}"
+        assert tok.merges == train_bpe(text, vocab_size), f"seed {seed}: {text!r}"
 
 
 @pytest.mark.parametrize("text", [
@@ -117,14 +133,39 @@ def test_fast_trainer_learns_exactly_the_reference_merges_on_random_corpora(firs
 def test_fast_trainer_matches_reference_on_runs_with_overlapping_pairs(text):
     tok = Tokenizer()
     tok.train(text, 300)
-    assert tok.merges == reference_train(text, 300)[0]
+    assert tok.merges == train_bpe(text, 300)
 
 
-def test_fast_trainer_matches_reference_on_a_slice_of_the_corpus():
-    text = input_slice(500_000, 15_000)
+@pytest.mark.parametrize("start", [0, 123_457, 250_000])
+def test_fast_trainer_learns_the_plain_merges_on_slices_of_an_english_like_text(start):
+    text = text_slice(start, 15_000)
     tok = Tokenizer()
     tok.train(text, 256 + 150)
-    assert tok.merges == reference_train(text, 256 + 150)[0]
+    assert tok.merges == train_bpe(text, 256 + 150)
+    assert tok.encode(text) == encode_bpe(text, tok.merges)
+
+
+@PROPERTY
+@given(st.one_of(st.text(max_size=120), st.text(alphabet=st.sampled_from("ab \n😀é'1_."), max_size=200)),
+       st.integers(256, 330))
+@example("", 300)
+@example("aaaaaaa bbb aaaa", 400)
+def test_fast_trainer_learns_the_plain_merges_on_any_text(text, vocab_size):
+    tok = Tokenizer()
+    tok.train(text, vocab_size)
+    assert tok.merges == train_bpe(text, vocab_size)
+    assert tok.encode(text) == encode_bpe(text, tok.merges)
+
+
+def test_plain_encoding_replays_the_merges_in_rank_order_chunk_by_chunk():
+    merges = train_bpe("the theme then, the thin thing", 280)
+    steps = []
+    ids = encode_bpe("the thing", merges, lambda rank, at, after: steps.append((rank, at, after)))
+    assert [at for _, at, _ in steps] == sorted(at for _, at, _ in steps)   # chunk 0, then chunk 1
+    for at in (0, 1):
+        ranks = [rank for rank, chunk, _ in steps if chunk == at]
+        assert ranks == sorted(set(ranks)) and ranks
+    assert [after for _, at, after in steps if at == 1][-1] == ids[-1:] and len(ids) == 2
 
 
 def test_run_of_six_letters_merges_into_one_token_by_hand():
@@ -222,8 +263,8 @@ def test_short_chunks_get_int_keys_and_the_others_keep_their_text():
     assert chunk_keys("abc abc")[0] != chunk_keys("abd")[0]
 
 
-def test_the_numpy_cut_gives_the_chunks_of_the_pattern_on_the_corpus():
-    text = INPUT_TXT.read_text(encoding="utf-8")
+def test_the_numpy_cut_gives_the_chunks_of_the_pattern_on_a_long_text():
+    text = english_like_text()
     assert list(map(chunk_of_key, chunk_keys(text))) == SPLIT_RE.findall(text)
 
 
@@ -235,40 +276,41 @@ def test_the_numpy_cut_gives_the_chunks_of_the_pattern_on_the_corpus():
 @example("\r\n\t\x00\x07\x1b[0m\u200b\ufeff")
 @example("👩\u200d👩\u200d👧 中文 日本語 e\u0301 Ω")
 @example("<0xE2><0x80> | <0x")
-def test_decode_of_encode_returns_any_text_exactly(shakespeare_tok, text):
-    ids = shakespeare_tok.encode(text)
-    assert shakespeare_tok.decode(ids) == text
-    assert shakespeare_tok.decode_bytes(ids) == text.encode("utf-8")
-    assert all(0 <= i < shakespeare_tok.vocab_size for i in ids)
+def test_decode_of_encode_returns_any_text_exactly(english_tok, text):
+    ids = english_tok.encode(text)
+    assert english_tok.decode(ids) == text
+    assert english_tok.decode_bytes(ids) == text.encode("utf-8")
+    assert all(0 <= i < english_tok.vocab_size for i in ids)
 
 
 @PROPERTY
 @given(st.text(alphabet=st.sampled_from("ab \n😀é"), max_size=60))
-def test_encode_matches_the_reference_encoder(shakespeare_tok, text):
+def test_encode_matches_the_reference_encoder(english_tok, text):
     tok = Tokenizer()
     tok.train(text * 2 + "abab aabb", 300)
-    assert tok.encode(text) == reference_encode(tok.merges, text)
-    assert shakespeare_tok.encode(text) == reference_encode(shakespeare_tok.merges, text)
+    assert tok.encode(text) == encode_bpe(text, tok.merges)
+    assert english_tok.encode(text) == encode_bpe(text, english_tok.merges)
 
 
-def test_encode_of_a_long_text_merges_everywhere_not_only_at_the_end(shakespeare_tok):
+def test_encode_of_a_long_text_merges_everywhere_not_only_at_the_end(english_tok):
     # The seed's encoder merged only the last two tokens, leaving long texts byte by byte.
-    text = input_slice(0, 20_000)
-    ids = shakespeare_tok.encode(text)
-    assert ids == reference_encode(shakespeare_tok.merges, text)
+    text = text_slice(0, 20_000)
+    ids = english_tok.encode(text)
+    assert ids == encode_bpe(text, english_tok.merges)
     assert len(text) / len(ids) > 2.0
     line = " the king and the queen"
-    repeated = shakespeare_tok.encode(line * 200)
-    assert repeated[:len(repeated) // 200] == shakespeare_tok.encode(line)
-    assert repeated == shakespeare_tok.encode(line) * 200
+    repeated = english_tok.encode(line * 200)
+    assert repeated[:len(repeated) // 200] == english_tok.encode(line)
+    assert repeated == english_tok.encode(line) * 200
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_encode_of_training_text_matches_training_segmentation(seed):
-    text = random_corpus(seed, 300) if seed else input_slice(100_000, 8_000)
+    text = random_corpus(seed, 300) if seed else text_slice(100_000, 8_000)
     tok = Tokenizer()
     tok.train(text, 330)
-    merges, segmentation = reference_train(text, 330)
+    merges = train_bpe(text, 330)
+    segmentation = training_segmentation(text, merges)
     assert tok.merges == merges
     assert tok.encode(text) == list(chain.from_iterable(
         segmentation[chunk] for chunk in SPLIT_RE.findall(text)))
@@ -279,7 +321,8 @@ def test_a_single_long_chunk_encodes_as_training_segmented_it():
     text = "".join(rng.choice("abc") for _ in range(5_000))  # one chunk, no spaces
     tok = Tokenizer()
     tok.train(text, 330)
-    merges, segmentation = reference_train(text, 330)
+    merges = train_bpe(text, 330)
+    segmentation = training_segmentation(text, merges)
     assert tok.merges == merges
     assert tok.encode(text) == segmentation[text]
 
@@ -288,59 +331,59 @@ def test_a_single_long_chunk_encodes_as_training_segmented_it():
 def test_bulk_merging_gives_the_one_by_one_encoding(seed, monkeypatch):
     # Many new chunks are merged all at once with numpy, a few one by one: both must agree with
     # the plain reference, including runs like "aaaaa" where the occurrences of a pair overlap.
-    text = random_corpus(seed, 400) if seed else input_slice(200_000, 20_000)
+    text = random_corpus(seed, 400) if seed else text_slice(200_000, 20_000)
     tok = Tokenizer()
     tok.train(text + " aaaaaaa aaaa bbbbb aaaaa", 360)
-    expected = reference_encode(tok.merges, text)
+    expected = encode_bpe(text, tok.merges)
     # each time a copy, whose chunk cache is empty: the tokenizer remembers chunks across calls
-    monkeypatch.setattr(tokenizer, "_BULK_MIN_CHUNKS", 1)   # every chunk goes through numpy
+    monkeypatch.setattr(fast_bpe, "BULK_MIN_CHUNKS", 1)   # every chunk goes through numpy
     assert copy.deepcopy(tok).encode(text) == expected
-    monkeypatch.setattr(tokenizer, "_BULK_MAX_CHARS", 3)    # ... except those over 3 characters
+    monkeypatch.setattr(fast_bpe, "BULK_MAX_CHARS", 3)    # ... except those over 3 characters
     assert copy.deepcopy(tok).encode(text) == expected
-    monkeypatch.setattr(tokenizer, "_BULK_MIN_CHUNKS", 10**9)  # every chunk one by one
+    monkeypatch.setattr(fast_bpe, "BULK_MIN_CHUNKS", 10**9)  # every chunk one by one
     assert copy.deepcopy(tok).encode(text) == expected
 
 
 @PROPERTY
 @given(st.lists(st.text(alphabet=st.sampled_from("ab \n😀é"), min_size=1, max_size=30),
                 min_size=1, max_size=40))
-def test_bulk_merging_matches_the_reference_on_any_chunks(shakespeare_tok, pieces):
+def test_bulk_merging_matches_the_reference_on_any_chunks(english_tok, pieces):
     tok = Tokenizer()
     tok.train("".join(pieces) * 2 + "abab aabb aaaa", 300)
     chunks = sorted(set(chain.from_iterable(map(SPLIT_RE.findall, pieces))))
-    for t in (tok, shakespeare_tok):
-        ids, counts = tokenizer._merge_in_bulk(chunks, t._rank_table)
+    for t in (tok, english_tok):
+        ids, counts = fast_bpe.merge_in_bulk(chunks, t._encoder.rank_table)
         ids, ends = ids.tolist(), [0] + counts.cumsum().tolist()
         assert [ids[a:b] for a, b in zip(ends, ends[1:])] == [
-            reference_encode(t.merges, chunk) for chunk in chunks]
+            encode_bpe(chunk, t.merges) for chunk in chunks]
 
 
-def test_encode_is_unchanged_when_the_chunk_cache_overflows(shakespeare_tok, monkeypatch):
-    text, other = input_slice(30_000, 5_000), input_slice(90_000, 5_000)
-    expected = copy.deepcopy(shakespeare_tok).encode(text)
-    monkeypatch.setattr(tokenizer, "_CACHE_LIMIT", 3)
-    tok = copy.deepcopy(shakespeare_tok)
+def test_encode_is_unchanged_when_the_chunk_cache_overflows(english_tok, monkeypatch):
+    text, other = text_slice(30_000, 5_000), text_slice(90_000, 5_000)
+    expected = copy.deepcopy(english_tok).encode(text)
+    monkeypatch.setattr(fast_bpe, "CACHE_LIMIT", 3)
+    tok = copy.deepcopy(english_tok)
     assert tok.encode(text) == expected
-    assert tok.encode(other) == reference_encode(tok.merges, other)
+    assert tok.encode(other) == encode_bpe(other, tok.merges)
     # text's chunks were let go
-    assert set(map(chunk_of_key, tok._chunk_cache)) == set(SPLIT_RE.findall(other))
+    assert set(map(chunk_of_key, tok._encoder.cache)) == set(SPLIT_RE.findall(other))
     assert tok.encode(text) == expected
 
 
 def test_the_chunk_cache_carries_over_between_calls_and_never_goes_stale():
-    first, second = input_slice(0, 6_000), input_slice(50_000, 6_000)
+    first, second = text_slice(0, 6_000), text_slice(50_000, 6_000)
     tok = Tokenizer()
     tok.train(first, 400)
-    assert tok.encode(first) == reference_encode(tok.merges, first)
+    assert tok.encode(first) == encode_bpe(first, tok.merges)
     # remembered for the next call
-    assert set(SPLIT_RE.findall(first)) <= set(map(chunk_of_key, tok._chunk_cache))
-    assert tok.encode(first + second) == reference_encode(tok.merges, first + second)
+    assert set(SPLIT_RE.findall(first)) <= set(map(chunk_of_key, tok._encoder.cache))
+    assert tok.encode(first + second) == encode_bpe(first + second, tok.merges)
     # new merges (train again, or load) must not reuse ids cached under the old ones
     tok.train(second, 350)
-    assert tok._chunk_cache == {}
-    assert tok.encode(first) == reference_encode(tok.merges, first)
+    assert tok._encoder.cache == {}
+    assert tok.encode(first) == encode_bpe(first, tok.merges)
     # copies (and the pickles encode_file's worker processes receive) start with an empty cache
-    assert copy.deepcopy(tok)._chunk_cache == {}
+    assert copy.deepcopy(tok)._encoder.cache == {}
 
 
 def test_an_untrained_tokenizer_encodes_bytes():
@@ -350,40 +393,40 @@ def test_an_untrained_tokenizer_encodes_bytes():
     assert tok.decode([97, 0xC3, 0xA9]) == "aé"
 
 
-def test_decode_replaces_invalid_utf8_and_decode_bytes_keeps_it(shakespeare_tok):
-    assert shakespeare_tok.decode([0xC3, 0xA9]) == "é"
-    assert shakespeare_tok.decode_bytes([0xC3]) == b"\xc3"
-    assert shakespeare_tok.decode([0xC3]) == "\ufffd"
-    assert shakespeare_tok.decode([]) == ""
+def test_decode_replaces_invalid_utf8_and_decode_bytes_keeps_it(english_tok):
+    assert english_tok.decode([0xC3, 0xA9]) == "é"
+    assert english_tok.decode_bytes([0xC3]) == b"\xc3"
+    assert english_tok.decode([0xC3]) == "\ufffd"
+    assert english_tok.decode([]) == ""
 
 
 @pytest.mark.parametrize("bad", [-1, 600, 10**6, 2.0, "a", None])
-def test_decode_of_an_id_outside_the_vocabulary_is_a_tokenizer_error(shakespeare_tok, bad):
+def test_decode_of_an_id_outside_the_vocabulary_is_a_tokenizer_error(english_tok, bad):
     with pytest.raises(TokenizerError, match="not in the vocabulary"):
-        shakespeare_tok.decode([104, bad])
+        english_tok.decode([104, bad])
 
 
-def test_encoding_a_lone_surrogate_is_a_tokenizer_error(shakespeare_tok):
+def test_encoding_a_lone_surrogate_is_a_tokenizer_error(english_tok):
     with pytest.raises(TokenizerError, match="index 3"):
-        shakespeare_tok.encode("abc\ud800def")
+        english_tok.encode("abc\ud800def")
     with pytest.raises(TokenizerError, match="surrogate"):
         Tokenizer().train("abc\udfffdef", 300)
 
 
-def test_split_shows_the_tokens_with_bars(shakespeare_tok):
-    shown = shakespeare_tok.split(" the question")
-    assert shown.split("|") == [shakespeare_tok.token_text(i)
-                                for i in shakespeare_tok.encode(" the question")]
+def test_split_shows_the_tokens_with_bars(english_tok):
+    shown = english_tok.split(" the question")
+    assert shown.split("|") == [english_tok.token_text(i)
+                                for i in english_tok.encode(" the question")]
     assert shown.replace("|", "") == " the question"
     assert "|" in shown and " the" in shown.split("|")
     assert Tokenizer().split("ab") == "a|b"
 
 
-def test_fingerprint_changes_with_the_merges(shakespeare_tok):
+def test_fingerprint_changes_with_the_merges(english_tok):
     other = Tokenizer()
-    other.train(input_slice(0, 60_000), 599)
-    assert len(shakespeare_tok.fingerprint()) == 16
-    assert other.fingerprint() != shakespeare_tok.fingerprint()
+    other.train(text_slice(0, 60_000), 599)
+    assert len(english_tok.fingerprint()) == 16
+    assert other.fingerprint() != english_tok.fingerprint()
     assert Tokenizer().fingerprint() == Tokenizer().fingerprint()
 
 
@@ -416,30 +459,30 @@ def test_token_text_examples():
 # --- saving and loading -----------------------------------------------------------------------
 
 @pytest.fixture()
-def saved(tmp_path, shakespeare_tok):
+def saved(tmp_path, english_tok):
     directory = tmp_path / "tok"
-    shakespeare_tok.save(directory)
+    english_tok.save(directory)
     return directory
 
 
-def test_save_then_load_gives_the_same_tokenizer(saved, shakespeare_tok):
+def test_save_then_load_gives_the_same_tokenizer(saved, english_tok):
     loaded = Tokenizer.load(saved)
-    assert loaded.merges == shakespeare_tok.merges
-    assert loaded.vocab_size == shakespeare_tok.vocab_size == 600
-    assert loaded.fingerprint() == shakespeare_tok.fingerprint()
-    text = input_slice(200_000, 3_000) + " 中文 😀 <0x"
-    assert loaded.encode(text) == shakespeare_tok.encode(text)
+    assert loaded.merges == english_tok.merges
+    assert loaded.vocab_size == english_tok.vocab_size == 600
+    assert loaded.fingerprint() == english_tok.fingerprint()
+    text = text_slice(200_000, 3_000) + " 中文 😀 <0x"
+    assert loaded.encode(text) == english_tok.encode(text)
 
 
-def test_saved_files_are_readable_and_carry_a_format_version(saved, shakespeare_tok):
+def test_saved_files_are_readable_and_carry_a_format_version(saved, english_tok):
     merges = json.loads((saved / "merges.json").read_text(encoding="utf-8"))
     assert merges["format_version"] == 1
-    assert [tuple(m) for m in merges["merges"]] == shakespeare_tok.merges
+    assert [tuple(m) for m in merges["merges"]] == english_tok.merges
     assert json.loads((saved / "vocab_size.json").read_text()) == {
         "format_version": 1, "vocab_size": 600}
     itos = json.loads((saved / "itos.json").read_text(encoding="utf-8"))
     stoi = json.loads((saved / "stoi.json").read_text(encoding="utf-8"))
-    the = shakespeare_tok.encode(" the")
+    the = english_tok.encode(" the")
     assert len(the) == 1 and itos[str(the[0])] == " the" and stoi[" the"] == the[0]
     assert itos["10"] == "\n" and itos["233"] == "<0xE9>" and stoi["<0xE9>"] == 233
     assert len(itos) == 600 and sorted(p.name for p in saved.iterdir()) == [
@@ -525,3 +568,66 @@ def test_a_bad_file_stops_loading_with_one_line_naming_it(saved, case):
 def test_loading_from_a_missing_folder_says_to_run_init(tmp_path):
     with pytest.raises(TokenizerError, match="init.py"):
         Tokenizer.load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("failing", ["merges.json", "vocab_size.json", "itos.json", "stoi.json"])
+def test_an_interrupted_save_leaves_the_old_tokenizer_intact(saved, english_tok, monkeypatch, failing):
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+    other = Tokenizer()
+    other.train(text_slice(0, 5_000), 300)
+    write_text = Path.write_text
+
+    def full_disk_midway(path, data, *args, **kwargs):
+        if path.name.startswith(failing):   # the temporary file beside it
+            write_text(path, data[:len(data) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk_midway)
+    with pytest.raises(OSError, match="No space"):
+        other.save(saved)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before   # no temporary file left
+    assert Tokenizer.load(saved).merges == english_tok.merges
+    other.save(saved)   # and the next save goes through
+    assert Tokenizer.load(saved).merges == other.merges
+
+
+# The original project's tokenizer_save/: a character-level base vocabulary (the 65 characters of
+# its Shakespeare text), then merges written as text pairs, and no format_version anywhere.
+ORIGINAL_CHARS = "\n !$&',-.3:;?" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "abcdefghijklmnopqrstuvwxyz"
+ORIGINAL_MERGES = [("t", "h"), ("th", "e"), ("e", " ")]
+
+
+def write_original_tokenizer(folder: Path, merges_as_object: bool) -> None:
+    stoi = {ch: i for i, ch in enumerate(ORIGINAL_CHARS)}
+    for left, right in ORIGINAL_MERGES:
+        stoi[left + right] = len(stoi)
+    merges = ({f"{left}{right}": [left, right] for left, right in ORIGINAL_MERGES} if merges_as_object
+              else [[left, right] for left, right in ORIGINAL_MERGES])
+    folder.mkdir()
+    for name, data in {"stoi.json": stoi, "itos.json": {str(i): s for s, i in stoi.items()},
+                       "merges.json": merges, "vocab_size.json": len(stoi)}.items():
+        (folder / name).write_text(json.dumps(data), encoding="utf-8")
+
+
+@pytest.mark.parametrize("merges_as_object", [False, True], ids=["merges as a list", "merges as an object"])
+def test_a_tokenizer_of_the_original_project_is_named_as_such_with_what_to_run(tmp_path, merges_as_object):
+    assert len(ORIGINAL_CHARS) == 65
+    write_original_tokenizer(tmp_path / "tokenizer_save", merges_as_object)
+    with pytest.raises(TokenizerError) as err:
+        Tokenizer.load(tmp_path / "tokenizer_save")
+    message = str(err.value)
+    assert "original project's" in message and "python init.py" in message and "\n" not in message
+
+
+def test_token_ids_are_two_bytes_up_to_65536_tokens_and_four_beyond():
+    assert token_dtype(256) == token_dtype(65_536) == np.uint16
+    assert token_dtype(65_537) == token_dtype(0x110000) == np.uint32
+    assert Tokenizer().typecode == "H"
+    big = Tokenizer()
+    big._set_merges([(a, b) for a in range(256) for b in range(256)][:65_281])   # 65,537 tokens
+    assert big.vocab_size == 65_537 and big.typecode == "I"
+    assert big.decode_bytes([65_536]) == b"\xff\x00"   # (no UTF-8 text holds 0xFF: only decoding shows it)
+    text = "\x01\x01 é\xff\xff" * 3
+    assert big.decode(big.encode(text)) == text
