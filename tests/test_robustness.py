@@ -342,6 +342,7 @@ def scripts_with_params(folder: Path, **values) -> Path:
     folder.mkdir()
     for path in REPO.glob("*.py"):
         shutil.copy(path, folder / path.name)
+    shutil.copytree(REPO / "support", folder / "support", ignore=shutil.ignore_patterns("__pycache__"))
     source = (folder / "Model_Params.py").read_text(encoding="utf-8")
     for name, value in values.items():
         source, found = re.subn(rf"^{name} = \S+", f"{name} = {value!r}", source, flags=re.M)
