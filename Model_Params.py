@@ -29,6 +29,7 @@ weight_decay = 0.1         # AdamW decay, applied to 2-D weight matrices only
 grad_clip = 1.0            # clip the global gradient norm to this (0 disables)
 eval_interval = 200        # steps between validation evaluations (and checkpoints)
 eval_windows = 200         # fixed validation windows scored at each evaluation
+final_eval_tokens = 1_000_000  # most validation tokens scored by the final evaluation, in windows spread evenly over the split (0 = all)
 
 # --- generation (run.py) ---------------------------------------------------------------------
 max_new_tokens = 200       # tokens generated per prompt

@@ -6,7 +6,7 @@
    continuation arrives on stdout (what a user waits for; includes importing torch and loading).
    For scale, the time of a bare `python -c "import torch"`.
 2. New tokens/s of Transformer.stream with and without the KV cache, in this process, on the given
-   model (default: the shipped Saved_Weights/weights-best.pth with tokenizer_save/), with run.py's
+   model (default: the shipped Saved_Weights/pretrained.pth with tokenizer_save/), with run.py's
    default sampling settings from Model_Params, on 1 CPU thread (run.py's default) and on 2.
 """
 import argparse
@@ -37,7 +37,7 @@ def time_to_first_byte(command: list[str]) -> tuple[float, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", type=Path, default=REPO / "Saved_Weights" / "weights-best.pth")
+    p.add_argument("--weights", type=Path, default=REPO / "Saved_Weights" / "pretrained.pth")
     p.add_argument("--tokenizer-dir", type=Path, default=REPO / "tokenizer_save")
     p.add_argument("--runs", type=int, default=5, help="repetitions; medians are printed")
     p.add_argument("--tokens", type=int, default=200, help="new tokens per generation run")
@@ -46,7 +46,7 @@ def main() -> int:
     args = p.parse_args()
     if not Path(args.weights).is_file():
         print(f"error: no weights at {args.weights} — train first (`python train.py`), restore the shipped "
-              f"ones (`git checkout Saved_Weights/weights-best.pth`), or pass --weights", file=sys.stderr)
+              f"one (`git checkout Saved_Weights/pretrained.pth`), or pass --weights", file=sys.stderr)
         return 2
     if not (Path(args.tokenizer_dir) / "merges.json").is_file():
         print(f"error: no tokenizer in {args.tokenizer_dir}/ — run `python init.py`, or pass --tokenizer-dir",

@@ -7,13 +7,19 @@ where the one-line errors about broken or foreign checkpoints come from. train.p
 from __future__ import annotations
 
 import pickle
+import random
+import re
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from Model import ModelConfig, Transformer
+from support.files import atomic_write, remove_stale_temps, write_failure
+from support.settings import UserError
 
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -119,3 +125,158 @@ def check_tokenizer_fingerprint(ckpt: dict, tokenizer_fingerprint: str, path) ->
         raise CheckpointError(f"{path}: trained with a different tokenizer (fingerprint {saved}, the loaded "
                               f"tokenizer is {tokenizer_fingerprint}) — use the tokenizer it was trained "
                               f"with, or retrain with `python train.py`")
+
+
+# ─────────────────────────────── train.py's resume state ───────────────────────────────
+# weights-latest.pth holds everything an exact resume needs; weights-best.pth only what run.py
+# needs. Both are dicts of plain values and tensors, written whole or not at all.
+
+LATEST, BEST = "weights-latest.pth", "weights-best.pth"
+# What a checkpoint's weights depend on (dropout is a model setting too, but may change on resume).
+SHAPE_NAMES = ("vocab_size", "block_size", "emb_len", "num_layers", "num_heads")
+FRESH_HINT = "pass --fresh to start over"
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temporary file beside path, then rename: a crash never leaves half a file.
+    A failed write (disk full, folder gone) is a UserError, and path still holds its last complete version."""
+    try:
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    except (OSError, RuntimeError) as e:       # torch's zip writer reports a failed write as RuntimeError
+        raise UserError(f"could not write {path} ({write_failure(e, path.parent)}); {path.name} still holds "
+                        f"its last complete version, if any — make room and run train.py again to resume") from None
+
+
+def check_writable(weights_dir: Path) -> None:
+    """Fail now, not after an hour of training, if checkpoints cannot be written."""
+    try:
+        weights_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=weights_dir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to weights folder {weights_dir} ({e.strerror or e}) — "
+                        f"pass --weights-dir with a writable folder") from None
+
+
+def remove_leftover_temps(weights_dir: Path, say) -> None:
+    """A save killed before its rename leaves NAME.PID.tmp behind (see save_atomic): never a complete
+    file, never read. Removed so they do not pile up."""
+    names = "|".join(re.escape(name) for name in (LATEST, BEST, "loss_history.csv", "loss.png"))
+    remove_stale_temps(weights_dir, names, say, "an interrupted save")
+
+
+def load_resume_state(path: Path, model_config: ModelConfig, tokenizer_fp: str, tokenizer_dir,
+                      data_fp: str, input_path, optimizer: str) -> dict:
+    """weights-latest.pth, checked to belong to this run: same model shape, tokenizer, input and
+    optimizer. A mismatch is one line naming what differs and pointing at --fresh."""
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        raise UserError(f"{e} (or {FRESH_HINT})") from None
+    if ckpt.get("kind") != "latest" or not {"optimizer", "rng", "rng_per_rank", "step"} <= set(ckpt):
+        raise UserError(f"{path}: not a resumable checkpoint (no optimizer or random state) — {FRESH_HINT}")
+    if ckpt.get("tokenizer_fingerprint") != tokenizer_fp:
+        raise UserError(f"{path} was trained with a different tokenizer (fingerprint "
+                        f"{ckpt.get('tokenizer_fingerprint')}, {tokenizer_dir} has {tokenizer_fp}) — use the "
+                        f"tokenizer it was trained with, or {FRESH_HINT}")
+    if ckpt.get("data_fingerprint") != data_fp:
+        raise UserError(f"{path} was trained on a different input text than {input_path} (data fingerprint "
+                        f"{ckpt.get('data_fingerprint')}, now {data_fp}) — use the same --input, or {FRESH_HINT}")
+    trained_with = ckpt.get("train_config", {}).get("optimizer", "adamw")
+    if trained_with != optimizer:
+        raise UserError(f"{path} was trained with --optimizer {trained_with}, not {optimizer} (their "
+                        f"saved states differ) — pass --optimizer {trained_with}, or {FRESH_HINT}")
+    saved, wanted = ckpt["model_config"], model_config.to_dict()
+    differ = [f"{k} {saved.get(k)} -> {wanted[k]}" for k in SHAPE_NAMES if saved.get(k) != wanted[k]]
+    if differ:
+        raise UserError(f"{path} holds a model of a different shape ({', '.join(differ)}) — pass the "
+                        f"settings it was trained with, or {FRESH_HINT}")
+    return ckpt
+
+
+def changed_settings(ckpt: dict, train_config: dict) -> list[str]:
+    """Settings that differ from the checkpoint's run (allowed, but worth saying)."""
+    old = ckpt.get("train_config", {})
+    return [f"{k} {old[k]} -> {v}" for k, v in train_config.items()
+            if k in old and old[k] != v and k not in SHAPE_NAMES]
+
+
+def latest_checkpoint(model, optimizer, scaler, *, step: int, best_val: float | None, minutes: float,
+                      train_config: dict, tokenizer_fp: str, data_fp: str, batch_gen: torch.Generator,
+                      rng_per_rank: list[dict]) -> dict:
+    """weights-latest.pth: the best file's fields plus optimizer, gradient scaler, every random
+    generator (rng_per_rank: each process's own_rng_state), the input's fingerprint and the minutes used."""
+    return {"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "latest",
+            "model_config": model.config.to_dict(), "model": model.state_dict(),
+            "tokenizer_fingerprint": tokenizer_fp, "step": step,
+            "val_nats_per_char": best_val, "best_val": best_val,
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "train_config": train_config, "data_fingerprint": data_fp,
+            "rng": shared_rng_state(batch_gen), "rng_per_rank": rng_per_rank, "minutes": minutes}
+
+
+def best_checkpoint(model, *, step: int, result, train_config: dict, tokenizer_fp: str) -> dict:
+    """weights-best.pth: what run.py needs (weights, config, tokenizer fingerprint) and the
+    validation figures (result: an EvalResult) that made it the best."""
+    return {"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "best",
+            "model_config": model.config.to_dict(), "model": model.state_dict(),
+            "tokenizer_fingerprint": tokenizer_fp, "step": step,
+            "val_nats_per_char": result.nats_per_char, "val_bits_per_char": result.bits_per_char,
+            "val_loss_per_token": result.loss_per_token, "train_config": train_config}
+
+
+# Exact resume needs every generator that shapes training back in the same state: the batch
+# generator (which windows), torch's global generator (dropout masks) and, for anything that uses
+# them, numpy's and Python's. Stored as tensors and plain values, so weights_only loading works.
+
+def own_rng_state(device: torch.device) -> dict:
+    """This process's dropout generators (differ per process under torchrun), on the CPU."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device).cpu()
+    return state
+
+
+def shared_rng_state(batch_gen: torch.Generator) -> dict:
+    """The generators every process keeps identical (the batch generator) plus numpy's and Python's."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    return {"batches": batch_gen.get_state(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64),
+                       "gauss_next": gauss_next}}
+
+
+def restore_rng(ckpt: dict, batch_gen: torch.Generator, rank: int, world_size: int, device: torch.device,
+                seed: int, dropout: float, say) -> None:
+    """Put every generator back as the checkpoint left it (see own_rng_state, shared_rng_state)."""
+    shared = ckpt["rng"]
+    batch_gen.set_state(shared["batches"])
+    n = shared["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = shared["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss_next"]))
+    per_rank = ckpt["rng_per_rank"]
+    if len(per_rank) == world_size:
+        own = per_rank[rank]
+        torch.set_rng_state(own["torch"])
+        if device.type == "cuda" and "cuda" in own:
+            torch.cuda.set_rng_state(own["cuda"], device)
+    else:
+        # A different number of processes: batches still match, only dropout masks cannot.
+        torch.manual_seed(seed + 2 + rank + 1_000_003 * ckpt["step"])
+        if dropout > 0:
+            say(f"note: checkpoint written by {len(per_rank)} process(es), resuming with {world_size}: "
+                f"same batches, but dropout masks differ from an uninterrupted run")
+
+
+def restore_training_state(ckpt: dict, model, optimizer, scaler, batch_gen: torch.Generator, rank: int,
+                           world_size: int, device: torch.device, seed: int, dropout: float, say) -> None:
+    """Weights, optimizer, gradient scaler and random generators as weights-latest.pth left them."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if "scaler" in ckpt and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    restore_rng(ckpt, batch_gen, rank, world_size, device, seed, dropout, say)

@@ -19,13 +19,18 @@ Faults (the "fault" field, a list; the child arms them before the script starts)
                              bytes to the temporary file, then the process SIGKILLs itself
   ["unrenamed", FILE, STEP]  the save writes the whole temporary file, then SIGKILL before the rename
   ["enospc", FILE, STEP]     the save fails as on a full disk (the bytes go to /dev/full)
+  ["vanish", FILE, STEP]     the save finds its folder gone (removed, with everything in it, just before)
   ["kill_at_step", N]        SIGKILL when the run draws the batch of its N-th training step
+  ["sigint_at_step", N, K]   K SIGINTs (Ctrl-C pressed K times) when the run draws its N-th batch
+  ["kill_on_print", TEXT]    SIGKILL the moment the script writes TEXT to stderr (no time to go on,
+                             unlike kill_on, which the server notices some milliseconds later)
 kill_on: the server SIGKILLs the child as soon as this text appears on the child's stderr.
 """
 import io
 import json
 import os
 import runpy
+import shutil
 import signal
 import sys
 import tempfile
@@ -57,10 +62,32 @@ import Model  # noqa: E402,F401
 import tokenizer  # noqa: E402,F401
 
 
+class KillOnPrint:
+    """sys.stderr, but the process SIGKILLs itself once the text written so far holds `text`."""
+
+    def __init__(self, stream, text: str):
+        self.stream, self.text, self.tail = stream, text, ""
+
+    def write(self, data: str) -> int:
+        written = self.stream.write(data)
+        self.tail = (self.tail + data)[-2 * len(self.text) - len(data):]
+        if self.text in self.tail:
+            self.stream.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def arm_faults(faults) -> None:
-    """Wrap torch.save and torch.randint (as train.py calls them) so the listed faults happen."""
-    saves = [f for f in faults if f[0] in ("half", "unrenamed", "enospc")]
+    """Wrap torch.save and torch.randint (as train.py calls them) and sys.stderr so the listed faults happen."""
+    saves = [f for f in faults if f[0] in ("half", "unrenamed", "enospc", "vanish")]
     kill_at = [f[1] for f in faults if f[0] == "kill_at_step"]
+    sigint_at = {f[1]: f[2] for f in faults if f[0] == "sigint_at_step"}
+    for fault in faults:
+        if fault[0] == "kill_on_print":
+            sys.stderr = sys.__stderr__ = KillOnPrint(sys.stderr, fault[1])
     real_save, real_randint = torch.save, torch.randint
     draws = 0
 
@@ -70,6 +97,9 @@ def arm_faults(faults) -> None:
             if name.startswith(f"weights-{which}.pth") and isinstance(obj, dict) and obj.get("step") == step:
                 if mode == "enospc":
                     return real_save(obj, "/dev/full", *args, **kwargs)
+                if mode == "vanish":
+                    shutil.rmtree(Path(f).parent)
+                    return real_save(obj, f, *args, **kwargs)
                 if mode == "half":
                     buffer = io.BytesIO()
                     real_save(obj, buffer, *args, **kwargs)
@@ -86,6 +116,8 @@ def arm_faults(faults) -> None:
         draws += 1
         if draws in kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        for _ in range(sigint_at.get(draws, 0)):
+            os.kill(os.getpid(), signal.SIGINT)      # Python runs the handler before the next line
         return real_randint(*args, **kwargs)
 
     torch.save, torch.randint = save, randint

@@ -39,6 +39,7 @@ import pytest
 import Model_Params
 from conftest import REPO, TINY_TEXT, TINY_TRAIN_FLAGS
 from support.checkpoints import load_checkpoint, model_from_checkpoint
+from support.lock import LOCK_NAME
 from tokenizer import Tokenizer
 
 KILLED = -9                      # returncode of a process ended by SIGKILL
@@ -125,9 +126,9 @@ def assert_one_error_line(result: Result, *fragments: str) -> str:
 
 
 def file_hashes(folder: Path) -> dict:
-    """Every file under folder -> sha256 of its bytes."""
+    """Every file under folder -> sha256 of its bytes (but the lock file, which names the last run)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
 
 
 def assert_checkpoints_load(weights_dir: Path) -> dict:
@@ -247,10 +248,51 @@ def test_full_disk_during_a_checkpoint_write_is_one_error_line_and_keeps_the_las
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: ") and result.stderr.count("error: ") == 1
-    assert "weights-latest.pth" in error and "resume" in error
+    assert "weights-latest.pth" in error and "resume" in error and "MB free" in error
     assert load_checkpoint(weights / "weights-latest.pth")["step"] == 20
     assert_checkpoints_load(weights)
     assert not list(weights.glob("*.tmp"))
+
+
+def test_weights_folder_removed_during_a_save_is_one_error_line(scripts, tiny, tmp_path):
+    weights = tmp_path / "vanishing"
+    result = scripts.run("train.py", *train_args(tiny, weights), cwd=tmp_path, fault=[["vanish", "latest", 40]])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: could not write") and result.stderr.count("error: ") == 1
+    assert "weights-latest.pth" in error and "run train.py again to resume" in error
+    assert not weights.exists()
+
+
+def test_sigkill_during_the_final_evaluation_then_a_rerun_does_that_evaluation(scripts, tiny, tmp_path):
+    weights = tmp_path / "killed"
+    killed = scripts.run("train.py", *train_args(tiny, weights), cwd=tmp_path,
+                         fault=[["kill_on_print", "final evaluation"]])
+    assert killed.returncode == KILLED, killed.stderr
+    assert history(weights)[-1]["eval"] == "windows" and history(weights)[-1]["step"] == "60"
+    checkpoints = {name: digest for name, digest in file_hashes(weights).items() if name.endswith(".pth")}
+
+    rerun = scripts.run("train.py", *train_args(tiny, weights), cwd=tmp_path)
+    assert rerun.returncode == 0 and "stopped during its final evaluation" in rerun.stderr, rerun.stderr
+    assert history(weights) == history(tiny["reference"])        # the same final row as the unkilled run
+    assert {name: digest for name, digest in file_hashes(weights).items() if name.endswith(".pth")} == checkpoints
+
+
+def test_ctrl_c_once_stops_and_saves_twice_quits_without_saving(scripts, tiny, tmp_path):
+    args = [*train_args(tiny, tmp_path / "w"), "--eval_interval", "5"]
+    # Pressed once during step 8: that step ends, is saved, and the run exits 130.
+    once = scripts.run("train.py", *args, cwd=tmp_path, fault=[["sigint_at_step", 8, 1]])
+    assert once.returncode == 130 and "Traceback" not in once.stderr, once.stderr
+    assert "stopped at step 8; saved" in once.stderr
+    assert load_checkpoint(tmp_path / "w" / "weights-latest.pth")["step"] == 8
+
+    # Pressed twice during step 8: the run quits at once, weights-latest.pth stays at step 5.
+    twice = scripts.run("train.py", *args, "--fresh", cwd=tmp_path, fault=[["sigint_at_step", 8, 2]])
+    assert twice.returncode == 130 and "Traceback" not in twice.stderr, twice.stderr
+    assert "interrupted; nothing more saved" in twice.stderr and "stopped at step" not in twice.stderr
+    assert load_checkpoint(tmp_path / "w" / "weights-latest.pth")["step"] == 5
+    assert [row["step"] for row in history(tmp_path / "w")] == ["5"]
+    assert not list((tmp_path / "w").glob("*.tmp"))
 
 
 # ─────────────────────────────────────── broken checkpoints ─────────────────────────────────────
@@ -372,7 +414,7 @@ def test_edited_model_params_makes_train_refuse_to_resume_until_fresh(scripts, t
                           "weights-latest.pth", "num_layers 2 -> 3", "--fresh")
     assert file_hashes(tiny["weights_dir"]) == before
     # ... until --fresh, which trains the new shape.
-    result = scripts.run(layers / "train.py", *folders, "--fresh", "--max-iters", "2", cwd=tmp_path)
+    result = scripts.run(layers / "train.py", *folders, "--fresh", "--stop-at-step", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert assert_checkpoints_load(tiny["weights_dir"])["weights-latest.pth"]["model_config"]["num_layers"] == 3
 
@@ -414,6 +456,7 @@ BAD_TEXTS = {
     # case: (file bytes or None for a missing file, words train.py's error must hold)
     "missing": (None, ["not found"]),
     "empty": (b"", ["too short"]),
+    "too short": (b"the quick brown fox jumps over the lazy dog\n", ["too short", "block_size"]),
     "invalid UTF-8": (TINY_TEXT.encode("utf-8")[:5000] + b"\xff" + TINY_TEXT.encode("utf-8")[5000:],
                       ["not valid UTF-8", "0xFF", "5000"]),
     "binary": (binary_bytes(), ["not valid UTF-8", "0x89", "offset 0"]),
@@ -457,7 +500,7 @@ def test_weights_folder_that_cannot_be_written_is_reported_before_any_step(scrip
 
 def test_weights_folder_on_a_missing_path_is_created(scripts, tiny, tmp_path):
     weights = tmp_path / "not" / "there" / "yet"
-    result = scripts.run("train.py", *train_args(tiny, weights_dir=weights), "--max-iters", "1", cwd=tmp_path)
+    result = scripts.run("train.py", *train_args(tiny, weights_dir=weights), "--stop-at-step", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert assert_checkpoints_load(weights)["weights-latest.pth"]["step"] == 1
 

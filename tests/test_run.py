@@ -16,11 +16,12 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from conftest import REPO, TINY_TEXT, run_script
 from support.checkpoints import load_checkpoint, model_from_checkpoint
-from run import eval_windows, shown_length
+from run import eval_windows, find_weights
+from support.text_io import shown_length
 from tokenizer import Tokenizer
 
 BLOCK = 16                                       # the tiny_trained model's context (conftest)
@@ -89,17 +90,14 @@ def test_every_kind_of_prompt_gets_one_continuation_per_line(tiny):
     one_letter_megabyte = "a" * 1_000_000                               # one giant pre-split chunk
     prompts = ["the quick", "", "🙂🎭 emoji", "生存还是毁灭", "tab\tbell\x07 nul\x00 esc\x1b[31m cr\rend",
                long_prompt, long_prompt, megabyte, one_letter_megabyte, "that is"]
-    started = time.perf_counter()
     result = run_tiny(tiny, "--stop", r"\n", "--max-new-tokens", "30", "--seed", "1",
-                 input="".join(p + "\n" for p in prompts))
-    seconds = time.perf_counter() - started
+                      input="".join(p + "\n" for p in prompts))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stdout.split("\n")
     assert lines.pop() == ""                       # every continuation ends with a newline
     assert len(lines) == len(prompts)
     assert result.stderr.count(LONG_NOTE) == 1     # noted once, not per prompt or per token
-    assert seconds < 60                            # only the megabyte prompts' last tokens reach the model
 
 
 def test_closed_stdin_exits_quietly(tiny):
@@ -124,6 +122,7 @@ def test_stop_text_ends_the_continuation_before_it(tiny):
     assert result.stdout == text[:text.find(stop)] + "\n"
 
 
+@settings(derandomize=True, deadline=None)
 @given(st.lists(st.text("ab\n", max_size=3), max_size=12), st.text("ab\n", min_size=1, max_size=3))
 def test_streamed_text_with_a_stop_is_the_text_before_the_stop(pieces, stop):
     """Feeding the pieces one by one through shown_length prints exactly text[:text.find(stop)]."""
@@ -140,6 +139,7 @@ def test_streamed_text_with_a_stop_is_the_text_before_the_stop(pieces, stop):
     assert printed == (text[:text.find(stop)] if stop in text else text)
 
 
+@settings(derandomize=True, deadline=None)
 @given(st.integers(1, 200), st.integers(1, 20), st.data())
 def test_eval_windows_score_every_token_once_with_enough_context(n_tokens, block, data):
     stride = data.draw(st.integers(1, block))
@@ -260,7 +260,7 @@ def test_eval_figures_match_a_hand_computation(tiny, tmp_path):
 def test_eval_of_a_bad_file_is_one_line(tiny, tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (tmp_path / "empty.txt").write_bytes(b"")
-    for name, fragment in [("missing.txt", "no such file"), ("latin1.txt", "not UTF-8"),
+    for name, fragment in [("missing.txt", "not found"), ("latin1.txt", "not UTF-8"),
                            ("empty.txt", "empty")]:
         assert_clean_error(run_tiny(tiny, "--eval", tmp_path / name), name, fragment)
 
@@ -311,18 +311,55 @@ def test_tokenizer_that_does_not_match_the_checkpoint_is_refused(tiny, tmp_path)
 def test_no_weights_says_train_first_or_restore(tmp_path):
     scripts = copy_scripts(tmp_path)                           # no Saved_Weights/ beside this copy
     result = run_script(scripts / "run.py", "--prompt", "hi")
-    assert_clean_error(result, "train.py", "git checkout Saved_Weights/weights-best.pth")
+    assert_clean_error(result, "train.py", "git checkout Saved_Weights/pretrained.pth")
 
 
 @pytest.mark.parametrize("option", [
     ("--temperature", "-1"), ("--temperature", "nan"), ("--top-p", "0"), ("--top-p", "1.5"),
     ("--top-k", "-1"), ("--top-k", "2.5"), ("--beams", "0"), ("--max-new-tokens", "-1"),
     ("--stop", ""), ("--stop", "\\"), ("--seed", "-1"), ("--seed", str(2 ** 64)),
-    ("--eval-stride", "0"), ("--threads", "-1"), ("--prompt", "x", "--eval", "f"),
+    ("--eval-stride", "0"), ("--threads", "-1"),
 ])
-def test_bad_option_values_are_argparse_errors(option):
-    result = run_script("run.py", *option)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr and "error: " in result.stderr
-    assert result.stdout == ""
+def test_bad_option_values_are_one_line_errors(option):
+    assert_clean_error(run_script("run.py", *option), option[0])
 
+
+def test_prompt_and_eval_exclude_each_other():
+    # An existing file: the refusal must come from the two options, not from a missing file.
+    result = run_script("run.py", "--prompt", "x", "--eval", REPO / "Model_Params.py")
+    assert_clean_error(result, "--eval", "--prompt", "not allowed")
+
+
+
+# ───────────────────────────────────────── which weights ─────────────────────────────────────────
+
+def test_default_weights_are_the_shipped_model_until_you_have_your_own(tiny, tmp_path):
+    scripts = copy_scripts(tmp_path)
+    weights = scripts / "Saved_Weights"
+    weights.mkdir()
+    shutil.copy(tiny["weights"], weights / "pretrained.pth")
+    args = ("--tokenizer-dir", tiny["tokenizer_dir"], "--prompt", "the", "--max-new-tokens", "1")
+    shipped = run_script(scripts / "run.py", *args, cwd=scripts)
+    assert shipped.returncode == 0, shipped.stderr
+    assert "loaded Saved_Weights/pretrained.pth (the shipped model: no weights of your own" in shipped.stderr
+    shutil.copy(tiny["weights"], weights / "weights-best.pth")
+    yours = run_script(scripts / "run.py", *args, cwd=scripts)
+    assert yours.returncode == 0, yours.stderr
+    assert "loaded Saved_Weights/weights-best.pth (your best checkpoint; the shipped model is pretrained.pth, " \
+           "use --weights to pick it)" in yours.stderr
+
+
+def test_weights_folder_gives_best_else_newest_else_pretrained(tmp_path):
+    for name, mtime in [("pretrained.pth", 300), ("weights-a.pth", 100), ("weights-b.pth", 200),
+                        ("weights-c.pth", 150)]:
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (mtime, mtime))
+    chosen, why = find_weights(tmp_path)
+    assert chosen == tmp_path / "weights-b.pth" and "newest" in why    # not the newer pretrained.pth
+    (tmp_path / "weights-best.pth").write_bytes(b"")
+    os.utime(tmp_path / "weights-best.pth", (50, 50))
+    assert find_weights(tmp_path)[0] == tmp_path / "weights-best.pth"
+    for path in tmp_path.glob("weights-*.pth"):
+        path.unlink()
+    assert find_weights(tmp_path) == (tmp_path / "pretrained.pth",
+                                      f"the shipped model: no weights of your own in {tmp_path}/ yet")

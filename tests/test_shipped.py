@@ -1,4 +1,4 @@
-"""Guards for the pretrained model that ships in the repo: Saved_Weights/weights-best.pth with
+"""Guards for the pretrained model that ships in the repo: Saved_Weights/pretrained.pth with
 tokenizer_save/. Read-only: nothing here writes to either folder."""
 import re
 
@@ -8,11 +8,13 @@ import torch
 import Model_Params
 import train
 from conftest import REPO, run_script
+from test_tour import require_shipped_corpus
 from Model import ModelConfig
 from support.checkpoints import check_tokenizer_fingerprint, load_checkpoint, model_from_checkpoint
+from support.scoring import chars_per_token, score_windows
 from tokenizer import Tokenizer
 
-WEIGHTS = REPO / "Saved_Weights" / "weights-best.pth"
+WEIGHTS = REPO / "Saved_Weights" / "pretrained.pth"
 TOKENIZER_DIR = REPO / "tokenizer_save"
 SLICE_TOKENS = 4096          # the first tokens of the validation split: fast, and always the same
 
@@ -39,6 +41,7 @@ def test_model_params_defaults_describe_the_shipped_model():
 
 
 def test_shipped_model_validation_slice_matches_readme():
+    require_shipped_corpus()
     torch.manual_seed(0)
     tokenizer = Tokenizer.load(TOKENIZER_DIR)
     ckpt = load_checkpoint(WEIGHTS)
@@ -47,8 +50,8 @@ def test_shipped_model_validation_slice_matches_readme():
     ids = np.array(tokenizer.encode(text), dtype=np.int64)
     block_size = model.config.block_size
     _, val = train.split_ids(ids, block_size, REPO / "Train_Data" / "input.txt")
-    result = train.evaluate(model, val[:SLICE_TOKENS + 1], train.full_pass_windows(SLICE_TOKENS + 1, block_size),
-                            train.chars_per_token(tokenizer), torch.device("cpu"))
+    result = score_windows(model, val[:SLICE_TOKENS + 1], train.final_windows(SLICE_TOKENS + 1, block_size, 0),
+                           chars_per_token(tokenizer), torch.device("cpu"))
     assert abs(result.nats_per_char - recorded_slice_figure()) < 0.02
 
 

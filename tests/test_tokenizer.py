@@ -9,7 +9,6 @@ import copy
 import errno
 import json
 import random
-from collections import Counter
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path

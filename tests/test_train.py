@@ -19,14 +19,15 @@ import time
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 import Model_Params
 import train
+from support.lock import LOCK_NAME
 from conftest import REPO, TINY_TEXT, TINY_VOCAB, run_script
-from Model import ModelConfig, Transformer
+from Model import Transformer
+from support import time_budget, token_cache
 from support.checkpoints import load_checkpoint, model_from_checkpoint
+from support.distributed import SINGLE
 from tokenizer import Tokenizer
 
 SMALL = ("--block_size", "16", "--emb_len", "32", "--num_layers", "2", "--num_heads", "2",
@@ -79,6 +80,15 @@ def assert_one_error_line(code: int, err: str, *fragments: str) -> str:
     return lines[0]
 
 
+def wait_for_file(path, proc, timeout: float = 300) -> None:
+    """Poll until path exists (a busy machine may take long to import torch and start training)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the process ended first: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.05)
+
+
 def file_hash(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -88,8 +98,8 @@ def file_hash(path) -> str:
 def test_training_writes_both_checkpoints_history_and_nothing_else(tiny_trained):
     weights = tiny_trained["weights_dir"]
     assert sorted(p.name for p in weights.iterdir()) == sorted(
-        ["weights-latest.pth", "weights-best.pth", "loss_history.csv"]
-        + (["loss.png"] if (weights / "loss.png").exists() else []))       # loss.png needs matplotlib
+        ["weights-latest.pth", "weights-best.pth", "loss_history.csv", "loss.png", LOCK_NAME])
+    assert (weights / "loss.png").read_bytes().startswith(b"\x89PNG")     # matplotlib drew a real PNG
     latest, best = load_checkpoint(weights / "weights-latest.pth"), load_checkpoint(weights / "weights-best.pth")
     assert latest["kind"] == "latest" and best["kind"] == "best"
     assert latest["step"] == 60 and latest["model_config"]["emb_len"] == 32
@@ -133,7 +143,7 @@ def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained,
              "--grad_accum_steps", "2", "--seed", "5", "--optimizer", optimizer)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert call_main(capsys, *paths(tiny_trained, whole), *flags)[0] == 0
-    code, err = call_main(capsys, *paths(tiny_trained, parts), *flags, "--max-iters", "7")
+    code, err = call_main(capsys, *paths(tiny_trained, parts), *flags, "--stop-at-step", "7")
     assert code == 0, err
     assert load_checkpoint(parts / "weights-latest.pth")["step"] == 7
     torch.manual_seed(999)                   # whatever the generators hold now must not matter
@@ -163,12 +173,12 @@ def test_token_ids_are_cached_compactly_and_reused(tmp_path, monkeypatch):
     tokenizer.train(TINY_TEXT, TINY_VOCAB)
     text_path = tmp_path / "text.txt"
     text_path.write_text(TINY_TEXT, encoding="utf-8")
-    data_fp, say = train.data_fingerprint(text_path, tokenizer), lambda msg: None
-    first = train.load_token_ids(text_path, data_fp, tokenizer, train.Processes(), say)
+    data_fp, say = token_cache.data_fingerprint(text_path, tokenizer), lambda msg: None
+    first = token_cache.load_token_ids(text_path, data_fp, tokenizer, SINGLE, say)
     assert first.dtype == np.uint16 and first.tolist() == tokenizer.encode(TINY_TEXT)
     assert len(list((tmp_path / ".cache").glob("*.npy"))) == 1 and not list((tmp_path / ".cache").glob("*.tmp"))
     monkeypatch.setattr(Tokenizer, "encode_file", lambda *args, **kwargs: pytest.fail("tokenized again"))
-    again = train.load_token_ids(text_path, data_fp, tokenizer, train.Processes(), say)
+    again = token_cache.load_token_ids(text_path, data_fp, tokenizer, SINGLE, say)
     assert np.array_equal(first, again)
 
 
@@ -176,7 +186,7 @@ def test_token_ids_are_cached_compactly_and_reused(tmp_path, monkeypatch):
 
 def test_overrides_are_parsed_with_the_defaults_types():
     cfg = train.parse_settings(["--emb_len", "64", "--learning_rate", "2e-3", "--dropout", "0",
-                                "--num_heads", "8", "--max-iters", "10", "--max-minutes", "1.5"])
+                                "--num_heads", "8", "--stop-at-step", "10", "--max-minutes", "1.5"])
     assert (cfg.emb_len, cfg.num_heads) == (64, 8) and type(cfg.emb_len) is int
     assert cfg.learning_rate == 2e-3 and type(cfg.dropout) is float       # "0" given, float kept
     assert cfg.stop_at == 10 and cfg.max_minutes == 1.5
@@ -188,9 +198,16 @@ def test_help_lists_every_model_param():
     text = train.build_parser().format_help()
     for name in train.param_defaults():
         assert f"--{name}" in text, name
-    for flag in ("--input", "--tokenizer-dir", "--weights-dir", "--max-iters", "--max-minutes", "--device",
-                 "--seed", "--fresh", "--compile"):
+    for flag in ("--input", "--tokenizer-dir", "--weights-dir", "--stop-at-step", "--max-minutes", "--device",
+                 "--seed", "--fresh", "--compile", "--final_eval_tokens"):
         assert flag in text
+    assert "--max-iters" not in text                # the old name of --stop-at-step still works, unlisted
+
+
+def test_old_stop_flag_still_works_with_one_note(capsys):
+    cfg = train.parse_settings(["--max-iters", "10"])
+    assert cfg.stop_at == 10
+    assert capsys.readouterr().err == "note: --max-iters is now --stop-at-step\n"
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -200,7 +217,10 @@ def test_help_lists_every_model_param():
     (["--no_such_param", "1"], "unrecognized arguments"),
     (["--emb_len", "30", "--num_heads", "4"], "divisible"),
     (["--batch_size", "0"], "--batch_size must be at least 1"),
-    (["--max-iters", "99999999"], "past the end of the schedule"),
+    (["--stop-at-step", "99999999", "--max_iters", "5000"],
+     "--stop-at-step 99999999 is past the end of the schedule (max_iters 5000); to train longer pass --max_iters 99999999"),
+    (["--stop-at-step", "0"], "--stop-at-step must be at least 1"),
+    (["--final_eval_tokens", "-1"], "--final_eval_tokens must be at least 0"),
     (["--optimizer", "sgd"], "--optimizer must be one of adamw, muon, got 'sgd'"),
     (["--muon_lr", "0"], "--muon_lr must be above 0"),
 ])
@@ -223,7 +243,7 @@ def test_resume_with_other_model_shape_names_it_and_fresh_starts_over(tiny_train
     flags = [*tiny_trained["train_flags"], "--emb_len", "48"]
     code, err = call_main(capsys, *paths(tiny_trained, weights), *flags)
     assert_one_error_line(code, err, "emb_len 32 -> 48", "--fresh")
-    code, err = call_main(capsys, *paths(tiny_trained, weights), *flags, "--fresh", "--max-iters", "2")
+    code, err = call_main(capsys, *paths(tiny_trained, weights), *flags, "--fresh", "--stop-at-step", "2")
     assert code == 0, err
     assert load_checkpoint(weights / "weights-latest.pth")["model_config"]["emb_len"] == 48
     assert [r["step"] for r in history(weights)] == ["2", "2"]          # a fresh history
@@ -278,22 +298,47 @@ def test_unwritable_weights_folder_is_reported_before_training(tiny_trained, cap
 
 # ─────────────────────────────────────── stopping early ───────────────────────────────────────
 
-def test_max_minutes_stops_early_with_checkpoint_and_final_evaluation(tiny_trained, tmp_path, capsys):
+class TickingClock:
+    """A clock that moves 10 ms each time it is read: the run's timing then follows the code, not the
+    machine's speed, so neither a busy machine nor a slow first step can use up a budget early."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.01
+        return self.now
+
+
+def test_max_minutes_stops_early_with_checkpoint_final_evaluation_and_a_decayed_schedule(
+        tiny_trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(time_budget, "clock", TickingClock())
     weights = tmp_path / "w"
-    start = time.monotonic()
     code, err = call_main(capsys, *paths(tiny_trained, weights), *SMALL, "--max_iters", "1000000",
                           "--eval_interval", "1000000", "--max-minutes", "0.02")
     assert code == 0, err
-    assert time.monotonic() - start < 30
     assert "--max-minutes 0.02 reached" in err and "whole validation split" in err
     step = load_checkpoint(weights / "weights-latest.pth")["step"]
-    assert 1 <= step < 1_000_000
+    assert 2 * time_budget.FIT_EVERY <= step < 1_000_000         # 1.2 s of 10 ms ticks: about 100 steps
     assert load_checkpoint(weights / "weights-best.pth")["step"] == step
     rows = history(weights)
     assert [r["eval"] for r in rows] == ["windows", "full"]
     # The schedule was fitted to the budget: the run ends with the learning rate fully decayed.
     peak_lr = float(SMALL[SMALL.index("--learning_rate") + 1])
     assert float(rows[-1]["lr"]) < 0.2 * peak_lr
+
+
+def test_time_budget_fits_the_horizon_to_the_measured_pace(monkeypatch):
+    clock = TickingClock()                    # one read per step below: 10 ms a step
+    monkeypatch.setattr(time_budget, "clock", clock)
+    budget = time_budget.TimeBudget(max_minutes=1 / 60, previous_minutes=0, started=clock(), max_iters=10_000,
+                                    procs=SINGLE, device=torch.device("cpu"))
+    horizon, step = budget.start_loop(0), 0
+    assert horizon == 10_000                  # nothing measured yet
+    while not budget.out_of_time():
+        horizon = budget.refit(step, horizon)
+        step += 1
+    assert horizon != 10_000 and abs(horizon - step) <= 0.1 * step    # the schedule ended where time did
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_trained, tmp_path, capsys):
@@ -316,9 +361,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_without_traceback(tiny_trained, tmp
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while not (weights / "weights-latest.pth").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)                      # first checkpoint (step 5): training is under way
+        wait_for_file(weights / "weights-latest.pth", proc)   # first checkpoint (step 5): training is under way
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -330,61 +373,47 @@ def test_ctrl_c_saves_a_resumable_checkpoint_without_traceback(tiny_trained, tmp
 
 
 # ───────────────────────────────────────── evaluation ─────────────────────────────────────────
-
-class Uniform(nn.Module):
-    """A 'model' that gives every token the same probability: NLL = ln V per token, exactly."""
-
-    def __init__(self, vocab_size):
-        super().__init__()
-        self.vocab_size = vocab_size
-
-    def forward(self, idx, targets=None):
-        return torch.zeros(*idx.shape, self.vocab_size), None
-
-
-def test_bits_per_char_of_a_uniform_model_is_the_hand_computed_value():
-    # Byte tokens only, so each token is one byte: 8 bits per token under a uniform guess, and
-    # bits/char = 8 × bytes ÷ characters of what was scored.
-    tokenizer = Tokenizer()
-    text = "héllo wörld, ça va?\n" * 5                  # 20 chars, 23 bytes per line
-    ids = np.array(tokenizer.encode(text), dtype=np.uint16)
-    chars = train.chars_per_token(tokenizer)
-    result = train.evaluate(Uniform(256), ids, train.full_pass_windows(len(ids), 16), chars,
-                            torch.device("cpu"), batch_size=3)
-    # Every token but the first is scored once; the first is "h", one byte and one character.
-    assert (result.tokens, result.chars) == (115 - 1, 100 - 1)
-    assert math.isclose(result.bits_per_char, 8 * 114 / 99, rel_tol=1e-6)         # float32 logits
-    assert math.isclose(result.loss_per_token, math.log(256), rel_tol=1e-6)
-
-
-def test_evaluation_matches_plain_cross_entropy_and_counts_characters():
-    tokenizer = Tokenizer()
-    tokenizer.train(TINY_TEXT, 280)
-    ids = np.array(tokenizer.encode(TINY_TEXT), dtype=np.uint16)
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(tokenizer.vocab_size, 8, 16, 1, 2, 0.0))
-    chars = train.chars_per_token(tokenizer)
-    windows = train.full_pass_windows(len(ids), 8)
-    assert windows[-1][1] < 8                            # a short last window is scored too
-    result = train.evaluate(model, ids, windows, chars, torch.device("cpu"), batch_size=5)
-
-    nll = 0.0
-    with torch.no_grad():
-        for start, length in windows:
-            x = torch.tensor(ids[start:start + length], dtype=torch.long)[None]
-            y = torch.tensor(ids[start + 1:start + length + 1], dtype=torch.long)
-            nll += F.cross_entropy(model(x)[0][0], y, reduction="sum").item()
-    scored_text = tokenizer.decode(ids[1:].tolist())     # the text starts with a whole-character token
-    assert result.tokens == len(ids) - 1
-    assert result.chars == len(scored_text) == len(TINY_TEXT) - len(tokenizer.decode(ids[:1].tolist()))
-    assert math.isclose(result.nll, nll, rel_tol=1e-5)
-    assert math.isclose(result.bits_per_char, nll / len(scored_text) / math.log(2), rel_tol=1e-5)
-
+# The sums themselves: tests/test_scoring.py. Here: which windows train.py scores.
 
 def test_fixed_windows_are_the_same_every_time_and_inside_the_split():
     a, b = train.fixed_windows(1000, 16, 50), train.fixed_windows(1000, 16, 50)
     assert a == b and len(a) == 50
-    assert all(0 <= s and s + 16 + 1 <= 1000 for s, _ in a)
+    assert all(0 <= s and e == s + 16 and e + 1 <= 1000 and skip == 0 for s, e, skip in a)
+
+
+def test_final_windows_cover_a_small_split_back_to_back_and_spread_a_bound_over_a_big_one():
+    full = train.final_windows(1000, 16, 0)
+    targets = [t for s, e, _ in full for t in range(s + 1, e + 1)]
+    assert targets == list(range(1, 1000))                          # every token but the first, once
+    assert train.final_windows(1000, 16, 999) == train.final_windows(1000, 16, 5000) == full
+    bounded = train.final_windows(100_000, 16, 1000)
+    assert bounded == train.final_windows(100_000, 16, 1000)        # the same windows every time
+    assert len(bounded) == 1000 // 16 and all(e - s == 16 for s, e, _ in bounded)
+    assert bounded[0][0] == 0 and bounded[-1][1] == 100_000 - 1     # spread from one end to the other
+    assert all(a[1] <= b[0] for a, b in zip(bounded, bounded[1:]))  # in order, never overlapping
+
+
+def test_evaluation_is_without_dropout_and_leaves_the_model_training(tiny_trained, capsys, tmp_path, monkeypatch):
+    seen = []
+    real = train.score_windows
+
+    def spy(model, *args, **kwargs):
+        seen.append(model.training)
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(train, "score_windows", spy)
+    modes = []
+    real_forward = Transformer.forward
+
+    def forward(self, idx, targets=None):
+        if targets is not None:
+            modes.append(self.training)
+        return real_forward(self, idx, targets)
+    monkeypatch.setattr(Transformer, "forward", forward)
+    code, err = call_main(capsys, *paths(tiny_trained, tmp_path / "w"), *SMALL, "--max_iters", "6",
+                          "--eval_interval", "2", "--dropout", "0.1")
+    assert code == 0, err
+    assert seen == [False] * 4                   # evaluations at steps 2, 4, 6 and the final one
+    assert modes == [True] * 6                   # every training step with dropout on
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
@@ -398,14 +427,35 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
 
 # ─────────────────────────────────────── torchrun (DDP) ───────────────────────────────────────
 
-def torchrun(nproc: int, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+# Started in every process (as sitecustomize): logs each file written or renamed into WATCHED_DIR
+# with the rank of the process that did it.
+WRITE_LOGGER = """
+import builtins, os
+_open, _replace, _watched = builtins.open, os.replace, os.environ["WATCHED_DIR"]
+def _log(path):
+    if str(path).startswith(_watched):
+        with _open(os.environ["WRITES_LOG"], "a") as f:
+            f.write(os.environ.get("RANK", "-") + " " + str(path) + "\\n")
+def _logged_open(file, mode="r", *args, **kwargs):
+    if any(c in mode for c in "wax+"):
+        _log(file)
+    return _open(file, mode, *args, **kwargs)
+def _logged_replace(src, dst, *args, **kwargs):
+    _log(dst)
+    return _replace(src, dst, *args, **kwargs)
+builtins.open, os.replace = _logged_open, _logged_replace
+"""
+
+
+def torchrun(nproc: int, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            f"--nproc_per_node={nproc}", str(REPO / "train.py"), *map(str, args)],
                           capture_output=True, text=True, timeout=300, env=env)
 
 
-def test_two_processes_match_one_with_the_same_global_batch_and_resume(tiny_trained, tmp_path, capsys):
+def test_two_processes_match_one_with_the_same_global_batch_and_resume_and_only_rank_0_writes(
+        tiny_trained, tmp_path, capsys):
     # float32: the two runs add the same numbers in another order, which bfloat16 autocast (the
     # default on CPUs with native bf16) would round far apart.
     flags = (*SMALL, "--max_iters", "10", "--eval_interval", "5", "--dropout", "0", "--device", "cpu",
@@ -414,9 +464,16 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume(tiny_trai
     assert call_main(capsys, *paths(tiny_trained, one), *flags)[0] == 0
     # The same run stopped at step 6 by one process, then resumed by two under torchrun with half
     # the batch each: the same global batch, so the same losses up to float rounding.
-    assert call_main(capsys, *paths(tiny_trained, two), *flags, "--max-iters", "6")[0] == 0
-    result = torchrun(2, *paths(tiny_trained, two), *flags, "--batch_size", "4")
+    assert call_main(capsys, *paths(tiny_trained, two), *flags, "--stop-at-step", "6")[0] == 0
+    logger, writes = tmp_path / "logger", tmp_path / "writes.log"
+    logger.mkdir()
+    (logger / "sitecustomize.py").write_text(WRITE_LOGGER)
+    result = torchrun(2, *paths(tiny_trained, two), *flags, "--batch_size", "4",
+                      env={"PYTHONPATH": os.pathsep.join([str(logger), os.environ.get("PYTHONPATH", "")]),
+                           "WATCHED_DIR": str(two), "WRITES_LOG": str(writes)})
     assert result.returncode == 0, result.stderr
+    ranks = {line.split(" ", 1)[0] for line in writes.read_text().splitlines()}
+    assert ranks == {"0"}, writes.read_text()                             # checkpoints, history, plot
     err = result.stderr
     assert "global batch: 8 windows = batch_size 4 × grad_accum_steps 1 × 2 process(es)" in err
     assert err.count("resuming from") == 1 and err.count("step 10: train") == 1      # rank 0 alone speaks
@@ -430,3 +487,100 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume(tiny_trai
     a, b = load_checkpoint(one / "weights-latest.pth"), load_checkpoint(two / "weights-latest.pth")
     assert all(torch.allclose(a["model"][k], b["model"][k], atol=1e-4) for k in a["model"])
     assert len(b["rng_per_rank"]) == 2 and b["train_config"]["world_size"] == 2
+
+
+# ───────────────────────────────────── promises of the loop ─────────────────────────────────────
+
+def test_first_90_percent_of_tokens_train_and_no_training_window_reaches_the_last_10(tmp_path):
+    ids = np.arange(1000, dtype=np.uint16)             # each id is its own position
+    train_ids, val_ids = train.split_ids(ids, 16, tmp_path / "text.txt")
+    assert train_ids.tolist() == list(range(900)) and val_ids.tolist() == list(range(900, 1000))
+    cfg = train.parse_settings(["--block_size", "16", "--batch_size", "64", "--grad_accum_steps", "2"])
+    generator, seen = torch.Generator().manual_seed(0), set()
+    for _ in range(50):
+        for x, y in train.get_batch(train_ids, cfg, SINGLE, generator, torch.device("cpu")):
+            assert x.shape == y.shape == (64, 16) and torch.equal(y[:, :-1], x[:, 1:])   # y is x shifted
+            seen.update(y.flatten().tolist())
+    assert max(seen) == 899 and min(seen) == 1          # the whole training part, not a token beyond
+
+
+def test_gradient_clipping_bounds_the_global_gradient_norm_at_each_step(tiny_trained, tmp_path, capsys, monkeypatch):
+    def norms_at_step(grad_clip: str) -> list[float]:
+        norms = []
+
+        def configure(model, *args, **kwargs):
+            optimizer = real_configure(model, *args, **kwargs)
+            step = optimizer.step
+
+            def recording_step(*a, **k):        # the gradients the optimizer is about to apply
+                norms.append(torch.linalg.vector_norm(
+                    torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])).item())
+                return step(*a, **k)
+            optimizer.step = recording_step
+            return optimizer
+        monkeypatch.setattr(train, "configure_optimizer", configure)
+        code, err = call_main(capsys, *paths(tiny_trained, tmp_path / grad_clip), *SMALL, "--max_iters", "5",
+                              "--dtype", "float32", "--grad_clip", grad_clip)
+        assert code == 0, err
+        return norms
+    real_configure = train.configure_optimizer
+    unclipped, clipped = norms_at_step("0"), norms_at_step("0.01")
+    assert len(unclipped) == len(clipped) == 5
+    assert min(unclipped) > 0.1                          # gradients far above the bound...
+    assert all(norm <= 0.01 * (1 + 1e-4) for norm in clipped), clipped     # ...clipped to it
+
+
+def test_best_checkpoint_keeps_the_best_evaluation_when_validation_gets_worse(tiny_trained, tmp_path, capsys,
+                                                                              monkeypatch):
+    real_evaluate, calls = train.evaluate, []
+    made_up = {1: 2.0, 2: 1.0, 3: 3.0}                  # nats/char of the evaluations at steps 2, 4, 6
+
+    def evaluate(run, windows, progress=None):
+        result = real_evaluate(run, windows, progress)
+        calls.append(run.step)
+        nats = made_up.get(len(calls))
+        return result if nats is None else train.EvalResult(nats * result.chars, result.tokens, result.chars)
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    weights = tmp_path / "w"
+    code, err = call_main(capsys, *paths(tiny_trained, weights), *SMALL, "--max_iters", "6", "--eval_interval", "2")
+    assert code == 0, err
+    assert calls == [2, 4, 6, 6]                          # and the final evaluation
+    best, latest = load_checkpoint(weights / "weights-best.pth"), load_checkpoint(weights / "weights-latest.pth")
+    assert best["step"] == 4 and best["val_nats_per_char"] == pytest.approx(1.0)
+    assert latest["step"] == 6 and latest["best_val"] == pytest.approx(1.0)
+    assert err.count("(best, saved)") == 2
+
+
+def test_float16_with_gradient_scaler_trains_on_cpu_and_resumes_exactly(tiny_trained, tmp_path, capsys):
+    flags = (*SMALL, "--max_iters", "8", "--eval_interval", "4", "--dtype", "float16", "--seed", "3")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    code, err = call_main(capsys, *paths(tiny_trained, whole), *flags)
+    assert code == 0 and "autocast float16" in err, err
+    assert call_main(capsys, *paths(tiny_trained, parts), *flags, "--stop-at-step", "3")[0] == 0
+    assert call_main(capsys, *paths(tiny_trained, parts), *flags)[0] == 0
+    a, b = load_checkpoint(whole / "weights-latest.pth"), load_checkpoint(parts / "weights-latest.pth")
+    assert a["scaler"]["scale"] > 0 and a["scaler"] == b["scaler"]       # the scaler's state came back
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    rows = [r for r in history(whole) if r["eval"] == "windows"]
+    assert float(rows[-1]["val_loss_per_token"]) < float(rows[0]["val_loss_per_token"]) + 1   # finite, trained
+
+
+def test_final_evaluation_scores_at_most_final_eval_tokens_in_the_same_windows_every_run(
+        tiny_trained, tmp_path, capsys):
+    def final_row(weights_dir, *extra) -> dict:
+        code, err = call_main(capsys, *paths(tiny_trained, weights_dir), *SMALL, "--max_iters", "2",
+                              "--eval_interval", "2", *extra)
+        assert code == 0, err
+        row = history(weights_dir)[-1]
+        assert row["eval"] == "full"
+        return row, err
+    (bounded, err), (again, _) = final_row(tmp_path / "a", "--final_eval_tokens", "40"), \
+        final_row(tmp_path / "b", "--final_eval_tokens", "40")
+    assert 0 < int(bounded["val_tokens"]) <= 40 and int(bounded["val_tokens"]) == 2 * 16   # two windows of 16
+    assert bounded == {**again, "minutes": bounded["minutes"]}
+    assert "final, 32 of" in err and "validation tokens, in windows spread over the split" in err
+    (whole, err), (unbounded, _) = final_row(tmp_path / "c"), final_row(tmp_path / "d", "--final_eval_tokens", "0")
+    assert "whole validation split" in err
+    assert {**whole, "minutes": ""} == {**unbounded, "minutes": ""}
+    assert int(whole["val_tokens"]) > 40                 # the tiny text's split exceeds the small bound

@@ -1,0 +1,183 @@
+"""The numbers behind run.py's see-inside views: candidates, a traced pass, attention, surprise.
+
+Read this when you want to know where --show-probs, --trace, --attention and --html get their
+numbers. Everything comes from the model's own modules run on real tensors: forward hooks watch a
+real forward pass, the attention weights are recomputed from each block's real input with
+Model.attention_weights (a test holds them to the block's own output), and the per-token surprise
+goes through the same windows as run.py's --eval score. Drawing the picture and writing the page
+live in support/see_inside_files.py.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from Model import attention_weights, keep_likeliest
+from support.scoring import windows_to_batch
+
+
+def quoted(token_bytes: bytes) -> str:
+    r"""A token's text in double quotes, readable on one line: a newline shows as \n, a control
+    character as \x07, and a byte of a character split over two tokens as \xe2."""
+    shown = []
+    for ch in token_bytes.decode("utf-8", "surrogateescape"):
+        if 0xDC80 <= ord(ch) <= 0xDCFF:                    # surrogateescape's stand-in for a lone byte
+            shown.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch in '"\\':
+            shown.append("\\" + ch)
+        elif ch.isprintable():
+            shown.append(ch)
+        else:
+            shown.append(repr(ch)[1:-1])                   # \n, \t, \x00, \u200b, ...
+    return '"' + "".join(shown) + '"'
+
+
+# ─────────────────────────────── --show-probs: what the model weighed ───────────────────────────────
+
+DRAWN, CUT = "→", "✗"
+
+
+def candidates_line(logits: torch.Tensor, drawn: int | None, decode_bytes, k: int, temperature: float,
+                    top_k: int | None = None, top_p: float | None = None) -> str:
+    """logits (V,) -> the k likeliest next tokens with their probabilities after temperature
+    (softmax(logits / T); T = 0 is greedy, shown untempered), marking the drawn one with → and
+    those top-k/top-p removed with ✗. The drawn token is listed even when it is not among the k."""
+    logits = logits.detach().float().cpu()
+    scaled = logits / temperature if temperature > 0 else logits
+    probs = F.softmax(scaled, dim=-1)                                            # (V,)
+    # Greedy decoding ignores top-k/top-p (Model.sample_next), so nothing is cut at T = 0.
+    kept = torch.ones_like(probs, dtype=torch.bool) if temperature == 0 else \
+        keep_likeliest(scaled[None], top_k, top_p)[0].isfinite()                 # (V,)
+    # Sorted on the logits, stably: the first is exactly the token greedy decoding (argmax) takes.
+    order = torch.sort(logits, descending=True, stable=True).indices[:k].tolist()
+    if drawn is not None and drawn not in order:
+        order.append(drawn)
+    shown = []
+    for i, token in enumerate(order):
+        mark = DRAWN if token == drawn else ("" if kept[token] else CUT)
+        gap = "… " if i == k else ""                                             # the drawn one, further down
+        shown.append(f"{gap}{mark}{quoted(decode_bytes([token]))} {100 * probs[token].item():.1f}%")
+    return "   ".join(shown)
+
+
+def show_candidates(logits: torch.Tensor, drawn: int, decode_bytes, args) -> None:
+    """--show-probs: candidates_line on stderr, with run.py's sampling settings (args)."""
+    # On a terminal, the text on stdout has no newline yet: start the line on a fresh one.
+    fresh = "\n" if sys.stdout.isatty() and sys.stderr.isatty() else ""
+    print(fresh + candidates_line(logits, drawn, decode_bytes, args.show_probs, args.temperature,
+                                  args.top_k or None, args.top_p), file=sys.stderr, flush=True)
+
+
+# ──────────────────────────────── --trace: one pass, stage by stage ────────────────────────────────
+
+@torch.no_grad()
+def trace(model, idx: torch.Tensor) -> tuple[list[tuple[str, torch.Tensor]], torch.Tensor]:
+    """One real forward pass over idx (B, T), watched by forward hooks: [(stage name, its tensor)] in
+    the order Model.py's top docstring tells it, and the logits (B, T, V)."""
+    stages: list[tuple[str, torch.Tensor]] = [("ids", idx)]
+
+    def record(name, take_input=False):
+        def hook(module, inputs, output):
+            stages.append((name, inputs[0] if take_input else output))
+        return hook
+
+    watched = [(model.tok_emb, record("token embedding")), (model.pos_emb, record("position embedding")),
+               # model.drop receives the sum of the two embeddings: the start of the residual stream x.
+               (model.drop, record("x = token + position embedding")), (model.ln_f, record("final LayerNorm"))]
+    for i, block in enumerate(model.blocks):
+        watched += [(block.attn, record(f"block {i} attention output")),
+                    # ln2 reads the residual stream right after the attention was added to it.
+                    (block.ln2, record(f"block {i} x + attention", take_input=True)),
+                    (block.mlp, record(f"block {i} MLP output")),
+                    (block, record(f"block {i} x + MLP"))]
+    handles = [module.register_forward_hook(hook) for module, hook in watched]
+    try:
+        with model.eval_mode():
+            logits, _ = model(idx)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stages + [("logits", logits)], logits
+
+
+def trace_lines(model, idx: torch.Tensor, decode_bytes) -> list[str]:
+    """trace() as text: each stage's name, shape and root-mean-square value (LayerNorm brings it
+    back to about 1; the residual stream grows as blocks add to it), then the top-5 next tokens."""
+    stages, logits = trace(model, idx)
+    c = model.config
+    lines = [f"one forward pass over {idx.shape[1]} prompt tokens (B = batch, T = tokens, E = emb_len "
+             f"{c.emb_len}, V = vocab_size {c.vocab_size}):"]
+    width = max(len(name) for name, _ in stages)
+    for name, tensor in stages:
+        rms = "" if name == "ids" else f"   rms {tensor.float().pow(2).mean().sqrt().item():.3f}"
+        lines.append(f"  {name:<{width}}  {str(tuple(tensor.shape)):<16}{rms}".rstrip())
+    lines.append("next token: " + candidates_line(logits[0, -1], None, decode_bytes, 5, temperature=1.0))
+    return lines
+
+
+# ─────────────────────────────── --attention: where each head looks ───────────────────────────────
+
+@torch.no_grad()
+def attention_maps(model, idx: torch.Tensor) -> torch.Tensor:
+    """idx (1, T) -> (num_layers, H, T, T): each head's attention weights, row = query token,
+    column = key token. Each block runs as usual; before it runs, its queries and keys are taken
+    from its real input with the model's own pieces (ln1, attn.heads, attention_weights)."""
+    maps = []
+    with model.eval_mode():
+        positions = torch.arange(idx.shape[1], device=idx.device)
+        x = model.drop(model.tok_emb(idx) + model.pos_emb(positions))          # (1, T, E)
+        for block in model.blocks:
+            q, k, _ = block.attn.heads(block.ln1(x))                            # (1, H, T, D) each
+            maps.append(attention_weights(q, k)[0])                             # (H, T, T)
+            x = block(x)
+    return torch.stack(maps).float().cpu()
+
+
+# ────────────────────────────── --html: how surprised by each token ──────────────────────────────
+
+@dataclass
+class Surprise:
+    """Per scored token, in text order: its loss and the model's top guesses at its position."""
+    nats: np.ndarray          # (N,) -log p(token | context)
+    guess_ids: np.ndarray     # (N, top) likeliest tokens there, likeliest first
+    guess_probs: np.ndarray   # (N, top) their probabilities
+
+
+@torch.no_grad()
+def token_surprise(model, ids: np.ndarray, windows: list[tuple[int, int, int]], device, top: int = 5,
+                   batch_size: int = 32) -> Surprise:
+    """Each counted prediction of the windows (the format of support.scoring.score_windows, whose
+    sum these per-token values add up to) with the top guesses at its position."""
+    nats, guess_ids, guess_probs = [], [], []
+    # Windows of one length stack into a batch (run.py's are all block_size long but the first).
+    groups = [windows[:1]] + [windows[i:i + batch_size] for i in range(1, len(windows), batch_size)]
+    for group in filter(None, groups):
+        starts, ends, skips = zip(*group)
+        x, y = windows_to_batch(ids, starts, ends[0] - starts[0], device)           # (W, L) each
+        log_probs = F.log_softmax(model(x)[0].float(), dim=-1)                      # (W, L, V)
+        best = log_probs.topk(top, dim=-1)                                          # (W, L, top)
+        losses = -log_probs.gather(-1, y[..., None])[..., 0]                        # (W, L)
+        for row, skip in enumerate(skips):
+            nats.append(losses[row, skip:].cpu())
+            guess_ids.append(best.indices[row, skip:].cpu())
+            guess_probs.append(best.values[row, skip:].exp().cpu())
+    return Surprise(torch.cat(nats).numpy(), torch.cat(guess_ids).numpy(), torch.cat(guess_probs).numpy())
+
+
+def token_texts(text: str, pieces: list[bytes]) -> list[str]:
+    """The text split at the tokens (pieces: each token's bytes, which join to the text's UTF-8):
+    a character split over two tokens goes whole to the token it starts in, as chars_per_token
+    counts it, so the pieces of text join back to `text` exactly."""
+    data = text.encode("utf-8")
+    cuts, at = [], 0
+    for piece in pieces:
+        cut = at
+        while cut < len(data) and data[cut] & 0xC0 == 0x80:          # a continuation byte: move on
+            cut += 1
+        cuts.append(cut)
+        at += len(piece)
+    return [data[a:b].decode("utf-8") for a, b in zip(cuts, cuts[1:] + [len(data)])]

@@ -1,0 +1,138 @@
+"""train.py's token-id cache: the input tokenized once, its ids kept as a .npy file beside it.
+
+Read this when you wonder why the second run of train.py on a big text starts at once, or what
+the files in the input's .cache/ folder are. The ids are written as they are produced and read
+back memory-mapped, so neither the text nor its ids are ever whole in memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from support.corpus import token_dtype
+from support.distributed import Processes, barrier
+from support.files import remove_stale_temps, temp_path
+from support.settings import UserError
+
+HASH_BLOCK_BYTES = 1 << 24  # the input is hashed this much at a time
+
+
+def data_fingerprint(input_path: Path, tokenizer) -> str:
+    """Identity of the token stream: the input's bytes and the vocabulary that splits them. The file
+    is hashed a block at a time, so its size does not matter."""
+    h = hashlib.sha256()
+    try:
+        with open(input_path, "rb") as f:
+            while block := f.read(HASH_BLOCK_BYTES):
+                h.update(block)
+    except FileNotFoundError:
+        raise UserError(f"input file {input_path} not found — pass --input PATH") from None
+    except IsADirectoryError:
+        raise UserError(f"input {input_path} is a folder, not a text file") from None
+    except OSError as e:
+        raise UserError(f"cannot read input file {input_path} ({e.strerror})") from None
+    h.update(b"\0" + tokenizer.fingerprint().encode())
+    return h.hexdigest()[:16]
+
+
+def cache_path_for(input_path: Path, data_fp: str, tokenizer) -> Path:
+    """Where the ids of this text under this tokenizer (data_fp) are cached. The key also hashes
+    the encoder's source (tokenizer.py and its fast engine): a fixed encoder bug must not leave stale
+    ids behind under the same vocabulary."""
+    h = hashlib.sha256(data_fp.encode())
+    here = Path(__file__).resolve().parent
+    with contextlib.suppress(OSError, TypeError):
+        for source in (Path(inspect.getsourcefile(type(tokenizer))), here / "fast_bpe.py", here / "corpus.py"):
+            h.update(source.read_bytes())
+    return input_path.parent / ".cache" / f"{input_path.name}.{h.hexdigest()[:16]}.tokens.npy"
+
+
+def _npy_header(f, dtype: np.dtype, count: int) -> None:
+    # numpy leaves room in the header for the longest count, so the header written before the ids
+    # are counted has the size of the final one, which is written over it.
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (count,)})
+
+
+def tokenize_into(f, input_path: Path, tokenizer, workers: int, range_bytes: int | None,
+                  progress: bool) -> int:
+    """Write the input's token ids into the open binary file f as a .npy array; returns their count.
+    The text is encoded in ranges on `workers` processes and the ids written as they come, in order."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    _npy_header(f, dtype, 0)
+    data_start, count = f.tell(), 0
+    with contextlib.closing(tokenizer.encode_file(input_path, workers, range_bytes, progress)) as parts:
+        for ids in parts:
+            f.write(np.asarray(ids, dtype=dtype))
+            count += len(ids)
+    f.seek(0)
+    _npy_header(f, dtype, count)
+    if f.tell() != data_start:                    # numpy changed its header layout: never misread ids
+        raise OSError(f"the .npy header of {count} ids does not fit the space left for it")
+    return count
+
+
+def write_cache(cache: Path, input_path: Path, tokenizer, workers: int, range_bytes: int | None,
+                progress: bool, say) -> None:
+    """Tokenize the input into the cache file: written under a temporary name and renamed when complete.
+    A folder we may not write to only costs a re-tokenization next time."""
+    remove_stale_temps(cache.parent, r".+\.tokens\.npy", say, "an interrupted tokenization")
+    tmp = temp_path(cache)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            tokenize_into(f, input_path, tokenizer, workers, range_bytes, progress)
+        os.replace(tmp, cache)
+    except OSError as e:
+        say(f"note: could not cache token ids in {cache.parent}/ ({e.strerror or e}); tokenizing every run")
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)        # only left when something failed
+
+
+def tokenize_to_temp_file(input_path: Path, tokenizer, workers: int, range_bytes: int | None) -> np.ndarray:
+    """The input's ids in a nameless temporary .npy file, memory-mapped: bounded memory without a
+    cache. The file disappears when the map is closed."""
+    try:
+        with tempfile.TemporaryFile() as f:
+            count = tokenize_into(f, input_path, tokenizer, workers, range_bytes, progress=False)
+            if count == 0:
+                return np.zeros(0, dtype=token_dtype(tokenizer.vocab_size))
+            f.seek(0)
+            np.lib.format.read_magic(f)                  # version 1.0: tokenize_into wrote it
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            return np.memmap(f, dtype=dtype, mode="r", offset=f.tell(), shape=shape)
+    except OSError as e:
+        raise UserError(f"cannot tokenize {input_path}: no cache and no temporary file ({e.strerror or e})") from None
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def load_token_ids(input_path: Path, data_fp: str, tokenizer, procs: Processes, say,
+                   workers: int | None = None, range_bytes: int | None = None) -> np.ndarray:
+    """The token ids of the input, memory-mapped from the cache, tokenized first on `workers` processes
+    (default: all cores) when not cached yet. Under torchrun rank 0 tokenizes while the others wait,
+    then all map the cache. range_bytes: how much text each worker takes at a time (see
+    Tokenizer.encode_file; the default suits large files)."""
+    cache = cache_path_for(input_path, data_fp, tokenizer)
+    workers = workers or default_workers()
+    if procs.is_main and not cache.exists():
+        size = input_path.stat().st_size
+        if size >= 100_000:                       # worth a word (and a bar) only when it takes a while
+            say(f"tokenizing {input_path} ({size:,} bytes) once, on {workers} process(es); "
+                f"the ids are cached in {cache.parent}/")
+        write_cache(cache, input_path, tokenizer, workers, range_bytes, size >= 100_000, say)
+    barrier(procs)                                # rank 0 has written the cache
+    if cache.exists():
+        return np.load(cache, mmap_mode="r")      # memory-mapped: pages load as windows touch them
+    # no cache (unwritable, or another machine's disk)
+    return tokenize_to_temp_file(input_path, tokenizer, workers, range_bytes)

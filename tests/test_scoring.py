@@ -1,0 +1,92 @@
+"""The one scoring core (support/scoring.py): its sums against hand-computed values and plain
+cross-entropy, for train.py's back-to-back windows and for run.py's sliding windows."""
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import TINY_TEXT
+from Model import ModelConfig, Transformer
+from support.scoring import chars_per_token, score_windows
+from tokenizer import Tokenizer
+
+
+class Uniform(nn.Module):
+    """A 'model' that gives every token the same probability: NLL = ln V per token, exactly."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, idx, targets=None):
+        return torch.zeros(*idx.shape, self.vocab_size), None
+
+
+def back_to_back(n_tokens: int, block: int) -> list[tuple[int, int, int]]:
+    """Every token but the first a target once; the last window may be shorter."""
+    return [(s, min(s + block, n_tokens - 1), 0) for s in range(0, n_tokens - 1, block)]
+
+
+def test_bits_per_char_of_a_uniform_model_is_the_hand_computed_value():
+    # Byte tokens only, so each token is one byte: 8 bits per token under a uniform guess, and
+    # bits/char = 8 × bytes ÷ characters of what was scored.
+    tokenizer = Tokenizer()
+    text = "héllo wörld, ça va?\n" * 5                  # 20 chars, 23 bytes per line
+    ids = np.array(tokenizer.encode(text), dtype=np.uint16)
+    result = score_windows(Uniform(256), ids, back_to_back(len(ids), 16), chars_per_token(tokenizer),
+                           torch.device("cpu"), batch_size=3)
+    # Every token but the first is scored once; the first is "h", one byte and one character.
+    assert (result.tokens, result.chars) == (115 - 1, 100 - 1)
+    assert math.isclose(result.bits_per_char, 8 * 114 / 99, rel_tol=1e-6)         # float32 logits
+    assert math.isclose(result.loss_per_token, math.log(256), rel_tol=1e-6)
+
+
+def small_model_and_ids():
+    tokenizer = Tokenizer()
+    tokenizer.train(TINY_TEXT, 280)
+    ids = np.array(tokenizer.encode(TINY_TEXT), dtype=np.uint16)
+    torch.manual_seed(0)
+    return tokenizer, ids, Transformer(ModelConfig(tokenizer.vocab_size, 8, 16, 1, 2, 0.0)).eval()
+
+
+def test_scoring_matches_plain_cross_entropy_and_counts_characters():
+    tokenizer, ids, model = small_model_and_ids()
+    windows = back_to_back(len(ids), 8)
+    assert windows[-1][1] - windows[-1][0] < 8           # a short last window is scored too
+    result = score_windows(model, ids, windows, chars_per_token(tokenizer), torch.device("cpu"), batch_size=5)
+
+    nll = 0.0
+    with torch.no_grad():
+        for start, end, _ in windows:
+            x = torch.tensor(ids[start:end], dtype=torch.long)[None]
+            y = torch.tensor(ids[start + 1:end + 1], dtype=torch.long)
+            nll += F.cross_entropy(model(x)[0][0], y, reduction="sum").item()
+    scored_text = tokenizer.decode(ids[1:].tolist())     # the text starts with a whole-character token
+    assert result.tokens == len(ids) - 1
+    assert result.chars == len(scored_text) == len(TINY_TEXT) - len(tokenizer.decode(ids[:1].tolist()))
+    assert math.isclose(result.nll, nll, rel_tol=1e-5)
+    assert math.isclose(result.bits_per_char, nll / len(scored_text) / math.log(2), rel_tol=1e-5)
+
+
+def test_sliding_windows_score_each_token_once_with_the_context_they_give():
+    # run.py's --eval windows: (start, end, skip), each later window scoring only its new tokens.
+    tokenizer, ids, model = small_model_and_ids()
+    block, stride = 8, 3
+    end, windows = block, [(0, block, 0)]
+    while end < len(ids) - 1:
+        new_end = min(end + stride, len(ids) - 1)
+        windows.append((new_end - block, new_end, block - (new_end - end)))
+        end = new_end
+    result = score_windows(model, ids, windows, chars_per_token(tokenizer), torch.device("cpu"), batch_size=4)
+
+    nll = 0.0
+    with torch.no_grad():
+        for start, end, skip in windows:
+            x = torch.tensor(ids[start:end], dtype=torch.long)[None]
+            y = torch.tensor(ids[start + 1:end + 1], dtype=torch.long)
+            nll += F.cross_entropy(model(x)[0][0][skip:], y[skip:], reduction="sum").item()
+    assert result.tokens == len(ids) - 1
+    assert result.chars == len(tokenizer.decode(ids[1:].tolist()))
+    assert math.isclose(result.nll, nll, rel_tol=1e-5)

@@ -1,0 +1,261 @@
+"""run.py's see-inside views (--show-probs, --trace, --attention, --eval --html) on the session's tiny
+model, and the numbers behind them (support/see_inside.py) held to the model's own computation."""
+import html.parser
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from conftest import TINY_TEXT, run_script
+from Model import merge_heads
+from run import eval_windows
+from support.checkpoints import load_checkpoint, model_from_checkpoint
+from support.scoring import chars_per_token, score_windows
+from support.see_inside import attention_maps, candidates_line, quoted, token_surprise, token_texts
+from tokenizer import Tokenizer
+
+# One candidate: an optional "… " (the drawn token, below the K likeliest), a mark, the quoted token
+# text, its probability in percent.
+CANDIDATE = re.compile(r'(?:… )?(→|✗)?("(?:[^"\\]|\\.)*") (\d+\.\d)%')
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_trained, tmp_path_factory):
+    """A copy of the session's tiny model (weights and tokenizer), also loaded in this process."""
+    root = tmp_path_factory.mktemp("see_inside")
+    weights = shutil.copy(tiny_trained["weights_dir"] / "weights-best.pth", root / "weights-best.pth")
+    tokenizer_dir = shutil.copytree(tiny_trained["tokenizer_dir"], root / "tokenizer")
+    model = model_from_checkpoint(load_checkpoint(weights), torch.device("cpu"), weights)
+    return {"weights": weights, "tokenizer_dir": tokenizer_dir, "model": model,
+            "tokenizer": Tokenizer.load(tokenizer_dir), "config": model.config}
+
+
+def run_tiny(tiny, *args):
+    return run_script("run.py", "--weights", tiny["weights"], "--tokenizer-dir", tiny["tokenizer_dir"], *args,
+                      timeout=120)
+
+
+def candidate_lines(stderr: str) -> list[list[tuple[str, str, float]]]:
+    """--show-probs lines of stderr, each as [(mark, quoted token, percent)]."""
+    return [[(mark, token, float(p)) for mark, token, p in CANDIDATE.findall(line)]
+            for line in stderr.splitlines() if CANDIDATE.match(line)]
+
+
+def assert_one_error_line(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+# ──────────────────────────────────────────── --show-probs ────────────────────────────────────────────
+
+def test_show_probs_lists_every_drawn_token_and_leaves_stdout_as_it_was(tiny):
+    sampling = ("--prompt", "the quick", "--seed", "3", "--temperature", "1.5", "--top-k", "3", "--top-p", "1",
+                "--max-new-tokens", "12")
+    plain = run_tiny(tiny, *sampling)
+    shown = run_tiny(tiny, *sampling, "--show-probs", "6")
+    assert plain.returncode == shown.returncode == 0, shown.stderr
+    assert shown.stdout == plain.stdout
+    lines = candidate_lines(shown.stderr)
+    assert len(lines) == 12                                        # one per generated token
+    # The same draws in this process: the drawn token of each line is the one generated.
+    model, tokenizer = tiny["model"], tiny["tokenizer"]
+    generated = list(model.stream(torch.tensor([tokenizer.encode("the quick")]), 12, temperature=1.5, top_k=3,
+                                  top_p=1.0, generator=torch.Generator().manual_seed(3)))
+    for line, token in zip(lines, generated):
+        drawn = [text for mark, text, _ in line if mark == "→"]
+        assert drawn == [quoted(tokenizer.decode_bytes([token]))]
+        assert sum(p for _, _, p in line) <= 100 + 0.05 * len(line)   # each shown to 0.1%
+        assert [mark == "✗" for mark, _, _ in line[:6]] == [False] * 3 + [True] * 3   # top-k 3 cut the rest
+
+
+def test_show_probs_when_greedy_always_draws_the_first(tiny):
+    result = run_tiny(tiny, "--prompt", "the lazy", "--temperature", "0", "--max-new-tokens", "8",
+                      "--show-probs", "3")
+    assert result.returncode == 0, result.stderr
+    lines = candidate_lines(result.stderr)
+    assert len(lines) == 8
+    assert all(line[0][0] == "→" and len(line) == 3 for line in lines)
+
+
+def test_candidate_probabilities_are_the_softmax_after_temperature():
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0, 3.0])
+    decode = lambda ids: bytes([ord("a") + ids[0]])              # noqa: E731  token i is the letter i
+    for temperature in (0.0, 0.7, 2.0):
+        line = candidates_line(logits, 0, decode, 5, temperature, top_k=None, top_p=0.9)
+        expected = F.softmax(logits / (temperature or 1.0), dim=-1)
+        found = {text: p for _, text, p in ((m, t, float(p)) for m, t, p in CANDIDATE.findall(line))}
+        assert list(found) == ['"e"', '"a"', '"b"', '"c"', '"d"']          # likeliest first
+        for i, letter in enumerate("abcde"):
+            assert found[f'"{letter}"'] == pytest.approx(100 * expected[i].item(), abs=0.05)
+        assert ("✗" in line) == (temperature > 0)                  # greedy ignores top-p
+
+
+def test_quoted_tokens_show_newlines_controls_and_split_characters_on_one_line():
+    assert quoted(b"a\nb") == r'"a\nb"'
+    assert quoted(b'say "hi"\\') == r'"say \"hi\"\\"'
+    assert quoted("é".encode()[:1]) == r'"\xc3"'
+    assert quoted(b"\x07") == r'"\x07"'
+
+
+# ────────────────────────────────────────────── --trace ──────────────────────────────────────────────
+
+def test_trace_shows_every_stage_with_the_model_shapes(tiny):
+    result = run_tiny(tiny, "--prompt", "the quick", "--trace")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""                                     # nothing generated
+    c, T = tiny["config"], len(tiny["tokenizer"].encode("the quick"))
+    E, V = c.emb_len, c.vocab_size
+    shapes = dict(re.findall(r"^  (\S.*?\S)\s+(\([\d, ]+\))", result.stderr, re.M))
+    expected = {"ids": (1, T), "token embedding": (1, T, E), "position embedding": (T, E),
+                "x = token + position embedding": (1, T, E)}
+    for i in range(c.num_layers):
+        for stage in ("attention output", "x + attention", "MLP output", "x + MLP"):
+            expected[f"block {i} {stage}"] = (1, T, E)
+    expected |= {"final LayerNorm": (1, T, E), "logits": (1, T, V)}
+    assert shapes == {name: str(shape) for name, shape in expected.items()}
+    names = re.findall(r"^  (\S.*?\S)\s+\(", result.stderr, re.M)
+    assert names == list(expected)                                 # in the order of the forward pass
+    assert len(CANDIDATE.findall(result.stderr.split("next token:")[1])) == 5
+
+
+# ──────────────────────────────────────────── --attention ────────────────────────────────────────────
+
+def test_attention_weights_are_the_ones_each_block_uses(tiny):
+    model, tokenizer = tiny["model"], tiny["tokenizer"]
+    idx = torch.tensor([tokenizer.encode("the quick brown fox jumps")])
+    T = idx.shape[1]
+    maps = attention_maps(model, idx)                               # (layers, H, T, T)
+    assert maps.shape == (model.config.num_layers, model.config.num_heads, T, T)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    assert torch.all(maps[..., future] == 0)
+    assert torch.allclose(maps.sum(-1), torch.ones(maps.shape[:-1]), atol=1e-5)
+    # Watch each attention module in a normal forward pass; the weights, applied to its values,
+    # give its output.
+    seen = []
+    hooks = [block.attn.register_forward_hook(lambda m, inputs, out: seen.append((inputs[0], out)))
+             for block in model.blocks]
+    try:
+        with torch.no_grad():
+            model(idx)
+            for layer, (block, (x, out)) in enumerate(zip(model.blocks, seen)):
+                _, _, v = block.attn.heads(x)                       # (1, H, T, D)
+                implied = block.attn.proj(merge_heads(maps[layer][None] @ v))
+                assert torch.allclose(implied, out, atol=1e-5)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_attention_png_is_drawn_for_the_prompt_window(tiny, tmp_path):
+    long_prompt = "the quick brown fox jumps over the lazy dog " * 3        # longer than the 16-token context
+    result = run_tiny(tiny, "--prompt", long_prompt, "--attention", tmp_path / "attention.png")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "longer than the model's context" in result.stderr
+    assert (tmp_path / "attention.png").read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in tmp_path.iterdir()] == ["attention.png"]      # no temporary file left
+
+
+def test_attention_without_matplotlib_says_how_to_install_it(tiny, tmp_path):
+    fake = tmp_path / "no_matplotlib" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('matplotlib is not installed here')\n")
+    result = run_script("run.py", "--weights", tiny["weights"], "--tokenizer-dir", tiny["tokenizer_dir"],
+                        "--prompt", "the", "--attention", tmp_path / "a.png", env={"PYTHONPATH": str(fake.parent)})
+    assert_one_error_line(result, "pip install matplotlib")
+    assert not (tmp_path / "a.png").exists()
+
+
+# ─────────────────────────────────────────── --eval --html ───────────────────────────────────────────
+
+class TokenSpans(html.parser.HTMLParser):
+    """The text and data-nats of every <span data-nats=...>; any script, stylesheet link or
+    external source noted."""
+
+    def __init__(self):
+        super().__init__()
+        self.texts, self.nats, self.titles, self.external = [], [], [], []
+        self.inside = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("script", "link", "img", "iframe") or "src" in attrs or "href" in attrs:
+            self.external.append(tag)
+        if tag == "span" and "data-nats" in attrs:
+            self.inside = True
+            self.texts.append("")
+            self.nats.append(float(attrs["data-nats"]))
+            self.titles.append(attrs["title"])
+
+    def handle_endtag(self, tag):
+        if tag == "span":
+            self.inside = False
+
+    def handle_data(self, data):
+        if self.inside:
+            self.texts[-1] += data
+
+
+def test_html_page_holds_the_text_exactly_and_adds_up_to_the_score(tiny, tmp_path):
+    text = TINY_TEXT[:200] + "<b>&amp; \"quotes\"</b>\r\n 生存还是毁灭 🙂é\ttab\n" + TINY_TEXT[-60:]
+    path = tmp_path / "text.txt"
+    path.write_bytes(text.encode("utf-8"))
+    result = run_tiny(tiny, "--eval", path, "--html", tmp_path / "page.html")
+    assert result.returncode == 0, result.stderr
+    figures = dict(field.split("=") for field in result.stdout.split())
+    page = TokenSpans()
+    page.feed((tmp_path / "page.html").read_text(encoding="utf-8"))
+    page.close()
+    assert "".join(page.texts) == text
+    assert len(page.nats) == int(figures["tokens"])
+    assert sum(page.nats) / len(text) == pytest.approx(float(figures["nats_per_char"]), rel=1e-6, abs=1e-6)
+    assert all(title.count("%") == 1 + 5 for title in page.titles)     # its own p and the top-5 guesses
+    assert page.external == []
+
+
+def test_per_token_surprise_adds_up_to_the_scoring_core(tiny):
+    model, tokenizer = tiny["model"], tiny["tokenizer"]
+    text = TINY_TEXT[:500] + "unseen 生存 🙂\n"
+    ids = tokenizer.encode(text)
+    seq = np.array(tokenizer.encode("\n")[-1:] + ids, dtype=np.int64)
+    windows = eval_windows(len(ids), model.config.block_size, 5)
+    surprise = token_surprise(model, seq, windows, torch.device("cpu"))
+    core = score_windows(model, seq, windows, chars_per_token(tokenizer), torch.device("cpu"))
+    assert len(surprise.nats) == core.tokens == len(ids) and core.chars == len(text)
+    assert math.isclose(float(surprise.nats.astype(np.float64).sum()), core.nll, rel_tol=1e-6)
+    assert np.all(np.diff(surprise.guess_probs, axis=1) <= 0)       # likeliest first
+
+
+@settings(derandomize=True, deadline=None, max_examples=50)
+@given(st.text(st.sampled_from("ab é生🙂\n\r"), min_size=1, max_size=30))
+def test_token_texts_join_back_to_the_text(tiny, text):
+    tokenizer = tiny["tokenizer"]
+    pieces = [tokenizer.decode_bytes([t]) for t in tokenizer.encode(text)]
+    texts = token_texts(text, pieces)
+    assert "".join(texts) == text and len(texts) == len(pieces)
+
+
+# ────────────────────────────────────────── bad combinations ──────────────────────────────────────────
+
+@pytest.mark.parametrize("options, fragment", [
+    (("--attention", "x.png"), "--prompt"),
+    (("--trace",), "--prompt"),
+    (("--trace", "--eval", "Model_Params.py"), "--prompt"),
+    (("--html", "x.html", "--prompt", "x"), "--eval"),
+    (("--show-probs", "3", "--beams", "2", "--prompt", "x"), "--beams"),
+    (("--show-probs", "3", "--eval", "Model_Params.py"), "--eval"),
+    (("--show-probs", "3", "--trace", "--prompt", "x"), "--trace"),
+    (("--show-probs", "0", "--prompt", "x"), "--show-probs"),
+    (("--attention", "no/such/folder/x.png", "--prompt", "x"), "no/such/folder"),
+])
+def test_bad_combinations_are_one_line(options, fragment):
+    assert_one_error_line(run_script("run.py", *options), fragment)
