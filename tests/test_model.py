@@ -166,13 +166,16 @@ def test_init_scales_residual_projections_by_depth():
 
 def test_output_head_is_the_token_embedding():
     model = tiny_model()
-    idx = torch.randint(0, 64, (1, 5))
+    idx = torch.tensor([[1, 2, 3, 4, 5]])                # token 7 is not in the input
+    final = {}
+    model.ln_f.register_forward_hook(lambda module, args, out: final.update(x=out))
     logits, _ = model(idx)
+    assert torch.allclose(logits, final["x"] @ model.tok_emb.weight.T, atol=1e-6)
     with torch.no_grad():
-        model.tok_emb.weight[7] += 1.0           # moving one embedding moves that token's logits
+        model.tok_emb.weight[7] += 1.0                   # only the output side can feel this
     moved, _ = model(idx)
     assert not torch.allclose(logits[..., 7], moved[..., 7])
-    assert set(model.state_dict()) == {n for n, _ in model.named_parameters()}   # no second copy
+    assert torch.equal(logits[..., :7], moved[..., :7])   # the other tokens' logits did not move
 
 
 def test_num_params_counts_every_weight_once():
@@ -212,6 +215,15 @@ def test_kv_cache_matches_full_recomputation_over_200_greedy_steps():
             step_logits.append(model(cached[:, t:t + 1], kv_cache=cache)[0][:, -1])
     assert cache.length == cached.shape[1] - 1
     assert torch.allclose(torch.cat(step_logits), full[0, 4:-1], atol=1e-4)
+
+
+def test_cache_on_and_off_give_the_same_text_under_default_sampling():
+    model = peaked_model()                                      # block_size 32: the window restarts
+    for seed in (1, 2, 3):
+        texts = [model.generate(prompt(3, 1, 4), 80, temperature=0.8, top_p=0.95, use_cache=use_cache,
+                                generator=torch.Generator().manual_seed(seed)) for use_cache in (True, False)]
+        assert torch.equal(texts[0], texts[1])
+    assert not torch.equal(texts[0], model.generate(prompt(3, 1, 4), 80, temperature=0))   # it did sample
 
 
 def reference_window_generation(model: Transformer, idx: torch.Tensor, n: int) -> list[int]:
