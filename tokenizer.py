@@ -35,7 +35,7 @@ from tqdm import tqdm
 from support import fast_bpe
 from support.corpus import (TokenizerError, count_chunks, encode_file, surrogate_error, text_blocks,
                             token_dtype)
-from support.files import atomic_write_all
+from support.files import atomic_write_all, read_problem
 
 FORMAT_VERSION = 1
 NUM_BYTES = 256           # the base tokens: one per byte value
@@ -355,10 +355,8 @@ def _read_json(path: Path, key: str | None = None):
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise TokenizerError(f"{path}: missing — run `python init.py` to create it") from None
-    except UnicodeDecodeError as e:
-        raise TokenizerError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
-    except OSError as e:
-        raise TokenizerError(f"{path}: cannot be read ({e.strerror})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{path}: {read_problem(e)}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

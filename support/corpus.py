@@ -21,6 +21,7 @@ from itertools import chain
 import numpy as np
 from tqdm import tqdm
 
+from support.files import read_problem
 from support.settings import UserError
 
 
@@ -197,12 +198,8 @@ def input_size(path) -> int:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             f.read(1)  # readable, not just present
-    except FileNotFoundError:
-        raise UserError(f"input file {path} not found") from None
-    except IsADirectoryError:
-        raise UserError(f"input {path} is a folder, not a text file") from None
     except OSError as e:
-        raise UserError(f"cannot read input file {path} ({e.strerror})") from None
+        raise UserError(f"input file {path}: {read_problem(e)}") from None
     if size == 0:
         raise UserError(f"input file {path} is empty — nothing to learn from")
     return size

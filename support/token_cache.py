@@ -17,7 +17,7 @@ import numpy as np
 
 from support.corpus import token_dtype
 from support.distributed import Processes, barrier
-from support.files import remove_stale_temps, temp_path
+from support.files import read_problem, remove_stale_temps, temp_path
 from support.settings import UserError
 
 HASH_BLOCK_BYTES = 1 << 24  # the input is hashed this much at a time
@@ -31,12 +31,9 @@ def data_fingerprint(input_path: Path, tokenizer) -> str:
         with open(input_path, "rb") as f:
             while block := f.read(HASH_BLOCK_BYTES):
                 h.update(block)
-    except FileNotFoundError:
-        raise UserError(f"input file {input_path} not found — pass --input PATH") from None
-    except IsADirectoryError:
-        raise UserError(f"input {input_path} is a folder, not a text file") from None
     except OSError as e:
-        raise UserError(f"cannot read input file {input_path} ({e.strerror})") from None
+        hint = " — pass --input PATH" if isinstance(e, FileNotFoundError) else ""
+        raise UserError(f"input file {input_path}: {read_problem(e)}{hint}") from None
     h.update(b"\0" + tokenizer.fingerprint().encode())
     return h.hexdigest()[:16]
 

@@ -79,7 +79,7 @@ def _write(name, data):
 
 BAD_INPUTS = {
     # case: (make the input file, --vocab-size, words the error must contain)
-    "missing file": (lambda tmp: tmp / "nope.txt", "300", "nope.txt not found"),
+    "missing file": (lambda tmp: tmp / "nope.txt", "300", "nope.txt: not found"),
     "empty file": (_write("empty.txt", b""), "300", "empty.txt is empty"),
     "invalid UTF-8": (_write("latin1.txt", "caf\xe9 au lait".encode("latin-1")), "300",
                       "not valid UTF-8: bad byte 0xE9 at byte offset 3"),
