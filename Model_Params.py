@@ -27,6 +27,7 @@ max_iters = 100000         # most optimisation steps; the cosine schedule ends h
 max_minutes = 60.0         # training time budget in minutes, resumed runs included; schedule fits into it (0 = none)
 weight_decay = 0.1         # AdamW decay, applied to 2-D weight matrices only
 grad_clip = 1.0            # clip the global gradient norm to this (0 disables)
+ema_decay = 0.0            # > 0: evaluate and save a moving average of the weights, e.g. 0.998 (0 = off)
 eval_interval = 200        # steps between validation evaluations (and checkpoints)
 eval_windows = 200         # fixed validation windows scored at each evaluation
 final_eval_tokens = 1_000_000  # most validation tokens scored by the final evaluation, in windows spread evenly over the split (0 = all)

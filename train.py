@@ -52,6 +52,7 @@ from support.devices import DTYPES, autocast, choose_dtype
 from support.distributed import (Processes, all_reduce_sum, end_processes, gather, gradient_sync, launched_rank,
                                  model_for_training, start_processes)
 from support.history import record, start_history, unfinished_final_evaluation
+from support.ema import WeightAverage, averaged
 from support.lock import hold_folder
 from support.optim import OPTIMIZERS, configure_optimizer
 from support.scoring import EvalResult, chars_per_token, score_windows, windows_to_batch
@@ -68,7 +69,7 @@ NEEDED_PARAMS = {"vocab_size": int, "block_size": int, "emb_len": int, "num_laye
                  "dropout": float, "batch_size": int, "grad_accum_steps": int, "learning_rate": float,
                  "min_lr": float, "warmup_iters": int, "max_iters": int, "max_minutes": float,
                  "weight_decay": float, "grad_clip": float, "eval_interval": int, "eval_windows": int,
-                 "final_eval_tokens": int, "optimizer": str, "muon_lr": float}
+                 "final_eval_tokens": int, "optimizer": str, "muon_lr": float, "ema_decay": float}
 
 
 # ───────────────────────────────────────── 1. settings ───────────────────────────────────────────
@@ -103,16 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     run.add_argument("--workers", type=checked(int), default=None, metavar="N",
                      help="processes that tokenize the input when its ids are not cached yet (default: all cores)")
-    helps, groups = settings.param_help(load_params(NEEDED_PARAMS)), {}
-    for name, default in param_defaults().items():
-        section, comment = helps.get(name, ("hyperparameters", ""))
-        if section not in groups:
-            groups[section] = parser.add_argument_group(f"Model_Params: {section}")
-        # --max-minutes reads better on a command line; it is the same setting as --max_minutes.
-        flags = [f"--{name}"] + (["--max-minutes"] if name == "max_minutes" else [])
-        groups[section].add_argument(*flags, type=checked(type(default)), default=default,
-                                     metavar=type(default).__name__.upper(),
-                                     help=f"{comment} (default: {default})".replace("%", "%%"))
+    # --max-minutes reads better on a command line; it is the same setting as --max_minutes.
+    settings.add_param_options(parser, load_params(NEEDED_PARAMS), param_defaults(), {"max_minutes": "--max-minutes"})
     return parser
 
 
@@ -138,8 +131,9 @@ def parse_settings(argv) -> argparse.Namespace:
     for name in ("learning_rate", "muon_lr"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be above 0, got {getattr(cfg, name)}")
-    if not 0 <= cfg.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    for name in ("dropout", "ema_decay"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
     if cfg.emb_len % cfg.num_heads:
         raise UserError(f"--emb_len ({cfg.emb_len}) must be divisible by --num_heads ({cfg.num_heads})")
     for flag, value in (("--stop-at-step", cfg.stop_at), ("--workers", cfg.workers)):
@@ -201,10 +195,10 @@ class Run:
     horizon: int = 0                 # step where the schedule ends: max_iters, or sooner to fit max_minutes
     saved_step: int | None = None    # step held by weights-latest.pth, if any
     folder_lock: object = None       # held while the run lives (rank 0): see support/lock.py
+    average: WeightAverage | None = None   # the weights' moving average (ema_decay > 0): evaluated, saved as best
 
     @property
-    def end_step(self) -> int:
-        """Where the loop stops: --stop-at-step, else the end of the schedule (max_iters or sooner)."""
+    def end_step(self) -> int:       # where the loop stops: --stop-at-step, else the schedule's end
         return min(self.cfg.stop_at or self.cfg.max_iters, self.horizon)
 
 
@@ -212,8 +206,7 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
     """Tokenizer, data, model and optimizer: fresh, or as weights-latest.pth left them."""
     weights_dir, input_path = Path(cfg.weights_dir), Path(cfg.input)
     check_writable(weights_dir)
-    # One writer per folder: a second train.py here is refused before it writes anything.
-    folder_lock = hold_folder(weights_dir, say) if procs.is_main else None
+    folder_lock = hold_folder(weights_dir, say) if procs.is_main else None     # a second run here is refused
     tokenizer = Tokenizer.load(cfg.tokenizer_dir)
     if "vocab_size" in cfg.overridden and cfg.vocab_size != tokenizer.vocab_size:
         raise UserError(f"--vocab_size {cfg.vocab_size} differs from the tokenizer in {cfg.tokenizer_dir} "
@@ -254,8 +247,9 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
     if resumed is not None:
         restore_training_state(resumed, model, optimizer, scaler, batch_gen, procs.rank, procs.world_size,
                                device, cfg.seed, cfg.dropout, say)
-        run.step = run.saved_step = resumed["step"]
-        run.best_val = resumed.get("best_val")
+        run.step, run.saved_step, run.best_val = resumed["step"], resumed["step"], resumed.get("best_val")
+    if cfg.ema_decay > 0:            # from the weights as they are now, or as weights-latest.pth kept it
+        run.average = WeightAverage(model, cfg.ema_decay, (resumed or {}).get("weight_average"))
     return run
 
 
@@ -365,6 +359,8 @@ def train(run: Run) -> int:
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
+                if run.average is not None:
+                    run.average.update(model)
                 run.step += 1
                 losses.append(step_loss)
                 show_progress(bar, run, step_loss, lr)
@@ -391,21 +387,21 @@ def evaluate_and_save(run: Run, train_loss: float | None, lr: float) -> None:
     improved, a history row, and weights-latest.pth. Latest is written last: a run killed before
     it resumes from the previous evaluation and redoes this one exactly, rewriting the other two."""
     started = time_budget.clock()
-    result = evaluate(run, run.windows["eval"])
+    with averaged(run.average, run.model):         # the weights to evaluate and keep: see support/ema.py
+        result = evaluate(run, run.windows["eval"])
+        improved = math.isfinite(result.nll) and (run.best_val is None or result.nats_per_char < run.best_val)
+        if improved and run.procs.is_main:
+            save_atomic(best_checkpoint(run.model, step=run.step, result=result, train_config=train_config(
+                run.cfg, run.procs.world_size), tokenizer_fp=run.tokenizer.fingerprint()), run.weights_dir / BEST)
     run.budget.timed_evaluation(time_budget.clock() - started, result.tokens, run.windows["final"])
     if not math.isfinite(result.nll):
         raise LossNotFinite(f"validation loss became {result.nll} at step {run.step}")
-    improved = run.best_val is None or result.nats_per_char < run.best_val
-    if improved:
-        run.best_val = result.nats_per_char
+    run.best_val = result.nats_per_char if improved else run.best_val
     if run.procs.is_main:
-        if improved:
-            save_atomic(best_checkpoint(run.model, step=run.step, result=result, train_config=train_config(
-                run.cfg, run.procs.world_size), tokenizer_fp=run.tokenizer.fingerprint()), run.weights_dir / BEST)
         record(run.weights_dir, run.step, run.budget.minutes_so_far(), lr, train_loss, result, "windows", run.say)
     save_latest(run)
-    train_part = f"train {train_loss:.4f}, " if train_loss is not None else ""
-    run.say(f"step {run.step}: {train_part}val {result.figures()}{' (best, saved)' if improved else ''}")
+    run.say(f"step {run.step}: {'' if train_loss is None else f'train {train_loss:.4f}, '}val {result.figures()}"
+            f"{' (best, saved)' if improved else ''}")
 
 
 def save_latest(run: Run) -> None:
@@ -416,14 +412,15 @@ def save_latest(run: Run) -> None:
             run.model, run.optimizer, run.scaler, step=run.step, best_val=run.best_val,
             minutes=run.budget.minutes_so_far(), train_config=train_config(run.cfg, run.procs.world_size),
             tokenizer_fp=run.tokenizer.fingerprint(), data_fp=run.data_fp, batch_gen=run.batch_gen,
-            rng_per_rank=rng_per_rank), run.weights_dir / LATEST)
+            rng_per_rank=rng_per_rank, average=run.average), run.weights_dir / LATEST)
     run.saved_step = run.step
 
 
 def final_evaluation(run: Run, lr: float) -> None:
     """The run's headline figure: the validation split scored once more, every token of it when it
     holds at most final_eval_tokens, else that many in windows spread evenly over it."""
-    final = evaluate(run, run.windows["final"], progress="final evaluation")
+    with averaged(run.average, run.model):
+        final = evaluate(run, run.windows["final"], progress="final evaluation")
     if run.procs.is_main:
         record(run.weights_dir, run.step, run.budget.minutes_so_far(), lr, None, final, "full", run.say)
     targets = len(run.val_ids) - 1

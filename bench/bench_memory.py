@@ -1,9 +1,11 @@
-"""Peak memory of init.py and train.py on a big text (issue 7: 100 MB must stay within 2 GB). Run by hand.
+"""Peak memory of init.py and train.py on a big text (a 100 MB text must stay within 2 GB). Run by hand.
 
     python bench/bench_memory.py [--mb 100] [--dir DIR] [--vocab-size 2048] [--keep]
 
-Builds a text of about --mb MB (Train_Data/input.txt repeated) in DIR (default: a new temp folder,
-removed afterwards unless --keep), then runs, as real processes, as a user would:
+Builds a text of about --mb MB in DIR (default: a new temp folder, removed afterwards unless
+--keep): Train_Data/input.txt copied with shuffled, re-cased, numbered and misspelt lines, as
+bench_corpus.py does, so the text has many distinct chunks. Then runs, as real processes, as a
+user would:
   1. python init.py --input BIG --vocab-size N --out DIR/tok
   2. python train.py --input BIG ... --max_iters 1 on a tiny model: tokenizes the text into the
      token cache (DIR/.cache/), one step, then the final evaluation over the validation split.
@@ -28,6 +30,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_corpus import build_corpus  # noqa: E402
 
 
 def tree_pss(pid: int) -> int:
@@ -91,14 +95,10 @@ def main() -> int:
     work = args.dir or Path(tempfile.mkdtemp(prefix="bench-memory-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        source = (REPO / "Train_Data" / "input.txt").read_bytes()
         big = work / "big.txt"
-        copies = max(1, round(args.mb * 1e6 / len(source)))
-        with open(big, "wb") as f:
-            for _ in range(copies):
-                f.write(source)
+        build_corpus(big, int(args.mb * 1e6), REPO / "Train_Data" / "input.txt")
         size = big.stat().st_size
-        print(f"text: {big} — {size:,} bytes ({copies} copies of Train_Data/input.txt)")
+        print(f"text: {big} — {size:,} bytes (varied copies of Train_Data/input.txt)")
 
         py = sys.executable
         results = {

@@ -203,10 +203,12 @@ def changed_settings(ckpt: dict, train_config: dict) -> list[str]:
 
 def latest_checkpoint(model, optimizer, scaler, *, step: int, best_val: float | None, minutes: float,
                       train_config: dict, tokenizer_fp: str, data_fp: str, batch_gen: torch.Generator,
-                      rng_per_rank: list[dict]) -> dict:
+                      rng_per_rank: list[dict], average=None) -> dict:
     """weights-latest.pth: the best file's fields plus optimizer, gradient scaler, every random
-    generator (rng_per_rank: each process's own_rng_state), the input's fingerprint and the minutes used."""
-    return {"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "latest",
+    generator (rng_per_rank: each process's own_rng_state), the input's fingerprint, the minutes used
+    and, with ema_decay > 0, the weights' moving average (average: a support.ema.WeightAverage)."""
+    extra = {"weight_average": average.state_dict()} if average is not None else {}
+    return {**extra,"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "latest",
             "model_config": model.config.to_dict(), "model": model.state_dict(),
             "tokenizer_fingerprint": tokenizer_fp, "step": step,
             "val_nats_per_char": best_val, "best_val": best_val,

@@ -72,6 +72,20 @@ def param_help(params) -> dict[str, tuple[str, str]]:
     return found
 
 
+def add_param_options(parser: argparse.ArgumentParser, params, defaults: dict, aliases: dict) -> None:
+    """One `--<name> VALUE` option for each setting in defaults, grouped by Model_Params.py's
+    sections, its help the setting's comment in the file; aliases: name -> a second spelling."""
+    helps, groups = param_help(params), {}
+    for name, default in defaults.items():
+        section, comment = helps.get(name, ("hyperparameters", ""))
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"Model_Params: {section}")
+        flags = [f"--{name}"] + ([aliases[name]] if name in aliases else [])
+        groups[section].add_argument(*flags, type=checked(type(default)), default=default,
+                                     metavar=type(default).__name__.upper(),
+                                     help=f"{comment} (default: {default})".replace("%", "%%"))
+
+
 _EXPECTED = {bool: "expected true or false", int: "expected a whole number", float: "expected a number",
              str: "expected text"}
 

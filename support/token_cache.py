@@ -20,7 +20,7 @@ from support.distributed import Processes, barrier
 from support.files import read_problem, remove_stale_temps, temp_path
 from support.settings import UserError
 
-HASH_BLOCK_BYTES = 1 << 24  # the input is hashed this much at a time
+HASH_BLOCK_BYTES = 1 << 20   # the input is hashed this much at a time: memory stays small whatever its size
 
 
 def data_fingerprint(input_path: Path, tokenizer) -> str:

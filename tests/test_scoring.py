@@ -29,6 +29,17 @@ def back_to_back(n_tokens: int, block: int) -> list[tuple[int, int, int]]:
     return [(s, min(s + block, n_tokens - 1), 0) for s in range(0, n_tokens - 1, block)]
 
 
+def reference_nll(model, ids, windows) -> float:
+    """The windows' summed NLL the slow way: one window at a time, skipped predictions dropped."""
+    nll = 0.0
+    with torch.no_grad():
+        for start, end, skip in windows:
+            x = torch.tensor(ids[start:end], dtype=torch.long)[None]
+            y = torch.tensor(ids[start + 1:end + 1], dtype=torch.long)
+            nll += F.cross_entropy(model(x)[0][0][skip:], y[skip:], reduction="sum").item()
+    return nll
+
+
 def test_bits_per_char_of_a_uniform_model_is_the_hand_computed_value():
     # Byte tokens only, so each token is one byte: 8 bits per token under a uniform guess, and
     # bits/char = 8 × bytes ÷ characters of what was scored.
@@ -57,12 +68,7 @@ def test_scoring_matches_plain_cross_entropy_and_counts_characters():
     assert windows[-1][1] - windows[-1][0] < 8           # a short last window is scored too
     result = score_windows(model, ids, windows, chars_per_token(tokenizer), torch.device("cpu"), batch_size=5)
 
-    nll = 0.0
-    with torch.no_grad():
-        for start, end, _ in windows:
-            x = torch.tensor(ids[start:end], dtype=torch.long)[None]
-            y = torch.tensor(ids[start + 1:end + 1], dtype=torch.long)
-            nll += F.cross_entropy(model(x)[0][0], y, reduction="sum").item()
+    nll = reference_nll(model, ids, windows)
     scored_text = tokenizer.decode(ids[1:].tolist())     # the text starts with a whole-character token
     assert result.tokens == len(ids) - 1
     assert result.chars == len(scored_text) == len(TINY_TEXT) - len(tokenizer.decode(ids[:1].tolist()))
@@ -81,12 +87,7 @@ def test_sliding_windows_score_each_token_once_with_the_context_they_give():
         end = new_end
     result = score_windows(model, ids, windows, chars_per_token(tokenizer), torch.device("cpu"), batch_size=4)
 
-    nll = 0.0
-    with torch.no_grad():
-        for start, end, skip in windows:
-            x = torch.tensor(ids[start:end], dtype=torch.long)[None]
-            y = torch.tensor(ids[start + 1:end + 1], dtype=torch.long)
-            nll += F.cross_entropy(model(x)[0][0][skip:], y[skip:], reduction="sum").item()
+    nll = reference_nll(model, ids, windows)
     assert result.tokens == len(ids) - 1
     assert result.chars == len(tokenizer.decode(ids[1:].tolist()))
     assert math.isclose(result.nll, nll, rel_tol=1e-5)

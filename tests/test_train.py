@@ -22,12 +22,13 @@ import torch
 
 import Model_Params
 import train
-from support.lock import LOCK_NAME
 from conftest import REPO, TINY_TEXT, TINY_VOCAB, run_script
 from Model import Transformer
 from support import time_budget, token_cache
 from support.checkpoints import load_checkpoint, model_from_checkpoint
 from support.distributed import SINGLE
+from support.lock import LOCK_NAME
+from support.scoring import chars_per_token, score_windows
 from tokenizer import Tokenizer
 
 SMALL = ("--block_size", "16", "--emb_len", "32", "--num_layers", "2", "--num_heads", "2",
@@ -166,6 +167,37 @@ def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained,
     assert torch.equal(a["rng_per_rank"][0]["torch"], b["rng_per_rank"][0]["torch"])
     assert torch.equal(a["rng"]["batches"], b["rng"]["batches"])
     assert a["best_val"] == b["best_val"]
+
+
+def test_weight_average_is_evaluated_kept_as_best_and_resumed_exactly(tiny_trained, tmp_path, capsys):
+    flags = (*SMALL, "--max_iters", "12", "--eval_interval", "5", "--dropout", "0.1", "--seed", "5",
+             "--ema_decay", "0.8", "--dtype", "float32")      # float32: scored again below, exactly
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert call_main(capsys, *paths(tiny_trained, whole), *flags)[0] == 0
+    assert call_main(capsys, *paths(tiny_trained, parts), *flags, "--stop-at-step", "7")[0] == 0
+    assert call_main(capsys, *paths(tiny_trained, parts), *flags)[0] == 0
+    a, b = load_checkpoint(whole / "weights-latest.pth"), load_checkpoint(parts / "weights-latest.pth")
+    average = a["weight_average"]["average"]
+    for name, tensor in a["model"].items():                   # stopped and resumed: bit for bit
+        assert torch.equal(tensor, b["model"][name]) and torch.equal(average[name], b["weight_average"]["average"][name])
+    assert any(not torch.equal(average[name], a["model"][name]) for name in average)   # it is not the weights
+
+    # The final figure is the average's, not the weights'.
+    tokenizer = Tokenizer.load(tiny_trained["tokenizer_dir"])
+    ids = np.array(tokenizer.encode(TINY_TEXT), dtype=np.int64)
+    _, val = train.split_ids(ids, 16, tiny_trained["input"])
+    windows = train.final_windows(len(val), 16, 0)
+
+    def nats_per_char(weights) -> float:
+        model = model_from_checkpoint({**a, "model": weights}, torch.device("cpu"))
+        return score_windows(model, val, windows, chars_per_token(tokenizer), torch.device("cpu")).nats_per_char
+
+    final = float(history(whole)[-1]["val_nats_per_char"])
+    assert final == pytest.approx(nats_per_char(average), abs=1e-5)
+    assert final != pytest.approx(nats_per_char(a["model"]), abs=1e-5)
+    best = load_checkpoint(whole / "weights-best.pth")
+    if best["step"] == a["step"]:                             # kept at the last evaluation: the average
+        assert all(torch.equal(best["model"][name], average[name]) for name in average)
 
 
 def test_token_ids_are_cached_compactly_and_reused(tmp_path, monkeypatch):
