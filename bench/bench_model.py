@@ -24,7 +24,7 @@ from Model import ModelConfig, Transformer  # noqa: E402
 from support.devices import autocast_dtype  # noqa: E402
 from support.optim import configure_optimizer  # noqa: E402
 
-CONFIGS = {   # name: (model config, batch size) — the two training configs
+CONFIGS = {   # name: (model config, batch size) — a small and a large training config
     "small": (ModelConfig(vocab_size=1024, block_size=64, emb_len=128, num_layers=4, num_heads=4, dropout=0.0), 12),
     "large": (ModelConfig(vocab_size=1024, block_size=256, emb_len=384, num_layers=6, num_heads=6, dropout=0.0), 16),
 }

@@ -1,4 +1,4 @@
-"""Faults and bad input lose nothing (issue 7): the real scripts, on a tiny model in temp folders,
+"""Faults and bad input lose nothing: the real scripts, on a tiny model in temp folders,
 are killed mid-run and given broken checkpoints, damaged tokenizers, edited settings and bad text.
 Each case checks the message (one `error:` line, no traceback) and that nothing was lost: the
 checkpoints still load and rebuild their model, the files that should not change are byte-identical.
