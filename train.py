@@ -49,8 +49,8 @@ from support.checkpoints import (BEST, LATEST, CheckpointError, best_checkpoint,
                                  load_resume_state, own_rng_state, remove_leftover_temps, restore_training_state,
                                  save_atomic)
 from support.devices import DTYPES, autocast, choose_dtype
-from support.distributed import (Processes, all_reduce_sum, end_processes, gather, gradient_sync, launched_rank,
-                                 model_for_training, start_processes)
+from support.distributed import (Processes, all_reduce_sum, barrier, end_processes, gather, gradient_sync,
+                                 launched_rank, model_for_training, start_processes)
 from support.history import record, start_history, unfinished_final_evaluation
 from support.ema import WeightAverage, averaged
 from support.lock import hold_folder
@@ -417,12 +417,12 @@ def save_latest(run: Run) -> None:
 
 
 def final_evaluation(run: Run, lr: float) -> None:
-    """The run's headline figure: the validation split scored once more, every token of it when it
-    holds at most final_eval_tokens, else that many in windows spread evenly over it."""
+    """The headline figure: the validation split scored once more (at most final_eval_tokens of it)."""
     with averaged(run.average, run.model):
         final = evaluate(run, run.windows["final"], progress="final evaluation")
     if run.procs.is_main:
         record(run.weights_dir, run.step, run.budget.minutes_so_far(), lr, None, final, "full", run.say)
+    barrier(run.procs)               # the others wait for rank 0's writes, then all leave the group together
     targets = len(run.val_ids) - 1
     scope = ("whole validation split" if final.tokens == targets else
              f"{final.tokens:,} of {targets:,} validation tokens, in windows spread over the split")
