@@ -17,7 +17,7 @@ import numpy as np
 
 from support.corpus import token_dtype
 from support.distributed import Processes, barrier
-from support.files import read_problem, remove_stale_temps, temp_path
+from support.files import atomic_write, read_problem, remove_stale_temps
 from support.settings import UserError
 
 HASH_BLOCK_BYTES = 1 << 20   # the input is hashed this much at a time: memory stays small whatever its size
@@ -80,17 +80,16 @@ def write_cache(cache: Path, input_path: Path, tokenizer, workers: int, range_by
     """Tokenize the input into the cache file: written under a temporary name and renamed when complete.
     A folder we may not write to only costs a re-tokenization next time."""
     remove_stale_temps(cache.parent, r".+\.tokens\.npy", say, "an interrupted tokenization")
-    tmp = temp_path(cache)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             tokenize_into(f, input_path, tokenizer, workers, range_bytes, progress)
-        os.replace(tmp, cache)
+
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache, write)
     except OSError as e:
         say(f"note: could not cache token ids in {cache.parent}/ ({e.strerror or e}); tokenizing every run")
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)        # only left when something failed
 
 
 def tokenize_to_temp_file(input_path: Path, tokenizer, workers: int, range_bytes: int | None) -> np.ndarray:
