@@ -59,7 +59,7 @@ from support.scoring import EvalResult, chars_per_token, score_windows, windows_
 from support.settings import Parser, UserError, checked, load_params
 from support.report import describe, progress_bar, show_progress
 from support.stopping import StopRequest
-from support.token_cache import data_fingerprint, load_token_ids
+from support.id_cache import data_fingerprint, load_token_ids
 from tokenizer import Tokenizer, TokenizerError
 
 REPO = Path(__file__).resolve().parent

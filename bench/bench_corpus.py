@@ -9,7 +9,7 @@ chunks rather than the same play repeated. Then, each in a fresh process, as a u
   init    python init.py --input CORPUS (default --sample-bytes): read the sample, count chunks,
           learn Model_Params.vocab_size tokens
   tokens  what train.py does before training: hash the file, then tokenize it into the
-          memory-mapped cache with N worker processes (support/token_cache.load_token_ids)
+          memory-mapped cache with N worker processes (support/id_cache.load_token_ids)
 
 For each it reports wall time, MB/s, CPU seconds of all its processes (on a busy machine the
 steadier figure: if 2 workers use no more CPU than 1, they would run twice as fast on 2 idle
@@ -146,18 +146,18 @@ def measure(cmd: list[str], log: Path) -> dict:
 
 def tokenize_only(input_path: str, tokenizer_dir: str, workers: int) -> None:
     """Internal mode, run in a fresh process: what train.py does with its input before training."""
-    from support import token_cache
+    from support import id_cache
     from support.distributed import SINGLE
     from tokenizer import Tokenizer
     tok = Tokenizer.load(tokenizer_dir)
     path = Path(input_path)
     start = time.perf_counter()
-    data_fp = token_cache.data_fingerprint(path, tok)
+    data_fp = id_cache.data_fingerprint(path, tok)
     hashed = time.perf_counter()
-    ids = token_cache.load_token_ids(path, data_fp, tok, SINGLE, lambda msg: None, workers)
+    ids = id_cache.load_token_ids(path, data_fp, tok, SINGLE, lambda msg: None, workers)
     done = time.perf_counter()
     print(json.dumps({"hash_s": hashed - start, "tokenize_s": done - hashed, "tokens": len(ids),
-                      "cache": str(token_cache.cache_path_for(path, data_fp, tok))}))
+                      "cache": str(id_cache.cache_path_for(path, data_fp, tok))}))
 
 
 # ───────────────────────────────────────────── main ──────────────────────────────────────────────

@@ -173,37 +173,37 @@ def test_a_tokenizer_travels_to_worker_processes_as_its_merges(mixed_tok):
 
 
 @pytest.fixture(scope="module")
-def token_cache():
-    from support import token_cache as module  # imports torch: only the tests that need it pay for it
+def id_cache():
+    from support import id_cache as module  # imports torch: only the tests that need it pay for it
     return module
 
 
-def test_tokenized_cache_is_a_memory_mapped_npy_and_is_reused(tmp_path, mixed_tok, token_cache, monkeypatch):
+def test_tokenized_cache_is_a_memory_mapped_npy_and_is_reused(tmp_path, mixed_tok, id_cache, monkeypatch):
     path = write(tmp_path, MIXED)
-    data_fp, say = token_cache.data_fingerprint(path, mixed_tok), lambda msg: None
-    ids = token_cache.load_token_ids(path, data_fp, mixed_tok, token_cache.Processes(), say, workers=2,
+    data_fp, say = id_cache.data_fingerprint(path, mixed_tok), lambda msg: None
+    ids = id_cache.load_token_ids(path, data_fp, mixed_tok, id_cache.Processes(), say, workers=2,
                                      range_bytes=500)
     assert isinstance(ids, np.memmap) and ids.dtype == np.uint16
     assert ids.tolist() == mixed_tok.encode(MIXED)
-    cache = token_cache.cache_path_for(path, data_fp, mixed_tok)
+    cache = id_cache.cache_path_for(path, data_fp, mixed_tok)
     assert sorted(p.name for p in (tmp_path / ".cache").iterdir()) == [cache.name]  # no temp file left
     assert np.array_equal(np.load(cache), ids)  # a plain .npy file
     monkeypatch.setattr(Tokenizer, "encode_file", lambda *args, **kwargs: pytest.fail("tokenized again"))
-    assert np.array_equal(token_cache.load_token_ids(path, data_fp, mixed_tok, token_cache.Processes(), say), ids)
+    assert np.array_equal(id_cache.load_token_ids(path, data_fp, mixed_tok, id_cache.Processes(), say), ids)
 
 
-def test_without_a_writable_cache_folder_the_ids_come_from_a_temporary_file(tmp_path, mixed_tok, token_cache):
+def test_without_a_writable_cache_folder_the_ids_come_from_a_temporary_file(tmp_path, mixed_tok, id_cache):
     path = write(tmp_path, MIXED)
     (tmp_path / ".cache").write_text("a file where the cache folder should be")
     notes = []
-    ids = token_cache.load_token_ids(path, token_cache.data_fingerprint(path, mixed_tok), mixed_tok,
-                                     token_cache.Processes(), notes.append, workers=2, range_bytes=500)
+    ids = id_cache.load_token_ids(path, id_cache.data_fingerprint(path, mixed_tok), mixed_tok,
+                                     id_cache.Processes(), notes.append, workers=2, range_bytes=500)
     assert ids.tolist() == mixed_tok.encode(MIXED)
     assert len(notes) == 1 and notes[0].startswith("note: could not cache token ids")
 
 
 @pytest.mark.parametrize("vocab_size, dtype", [(300, np.uint16), (70_000, np.uint32)])
-def test_the_cache_is_a_npy_file_whatever_the_count_and_width(tmp_path, token_cache, vocab_size, dtype):
+def test_the_cache_is_a_npy_file_whatever_the_count_and_width(tmp_path, id_cache, vocab_size, dtype):
     class Ids:                         # a tokenizer stand-in: encode_file yields ids in parts
         def __init__(self, parts):
             self.vocab_size, self.parts = vocab_size, parts
@@ -212,18 +212,18 @@ def test_the_cache_is_a_npy_file_whatever_the_count_and_width(tmp_path, token_ca
             return (part for part in self.parts)
     for parts in ([], [[1, 2, 3]], [list(range(1000)), [vocab_size - 1] * 7]):
         with open(tmp_path / "ids.npy", "wb") as f:
-            count = token_cache.tokenize_into(f, None, Ids(parts), 1, None, False)
+            count = id_cache.tokenize_into(f, None, Ids(parts), 1, None, False)
         stored = np.load(tmp_path / "ids.npy")
         assert count == len(stored) and stored.dtype == dtype
         assert stored.tolist() == [i for part in parts for i in part]
 
 
 def test_data_fingerprint_hashes_the_file_in_blocks_as_it_hashed_the_whole_bytes(tmp_path, mixed_tok,
-                                                                                  token_cache, monkeypatch):
+                                                                                  id_cache, monkeypatch):
     path = write(tmp_path, MIXED)
-    monkeypatch.setattr(token_cache, "HASH_BLOCK_BYTES", 1000)
+    monkeypatch.setattr(id_cache, "HASH_BLOCK_BYTES", 1000)
     whole = hashlib.sha256(path.read_bytes() + b"\0" + mixed_tok.fingerprint().encode()).hexdigest()[:16]
-    assert token_cache.data_fingerprint(path, mixed_tok) == whole  # checkpoints of earlier runs still resume
+    assert id_cache.data_fingerprint(path, mixed_tok) == whole  # checkpoints of earlier runs still resume
 
 
 # ─────────────────────────────────────────── bad bytes ───────────────────────────────────────────
@@ -243,12 +243,12 @@ def test_invalid_utf8_in_a_streamed_file_gives_its_byte_offset(tmp_path, mixed_t
         list(mixed_tok.encode_file(path, workers=2, range_bytes=100))
 
 
-def test_invalid_utf8_stops_training_with_one_line_and_no_cache(tmp_path, mixed_tok, token_cache, capsys):
+def test_invalid_utf8_stops_training_with_one_line_and_no_cache(tmp_path, mixed_tok, id_cache, capsys):
     path = tmp_path / "bad.txt"
     path.write_bytes(("a b " * 2000).encode() + b"caf\xe9 au lait")
     with pytest.raises(TokenizerError, match="bad byte 0xE9 at byte offset 8003"):
-        token_cache.load_token_ids(path, token_cache.data_fingerprint(path, mixed_tok), mixed_tok,
-                                   token_cache.Processes(), lambda msg: None, workers=2, range_bytes=1000)
+        id_cache.load_token_ids(path, id_cache.data_fingerprint(path, mixed_tok), mixed_tok,
+                                   id_cache.Processes(), lambda msg: None, workers=2, range_bytes=1000)
     assert list((tmp_path / ".cache").iterdir()) == []  # nothing half-written
     assert init.main(["--input", str(path), "--out", str(tmp_path / "tok")]) == 2
     err = capsys.readouterr().err

@@ -40,7 +40,7 @@ import pytest
 import Model_Params
 from conftest import REPO, TINY_TEXT, TINY_TRAIN_FLAGS
 from support.checkpoints import load_checkpoint, model_from_checkpoint
-from support import token_cache
+from support import id_cache
 from support.corpus import count_chunks, read_pieces
 from support.lock import LOCK_NAME
 from test_tokenizer import english_like_text
@@ -555,7 +555,7 @@ def test_reading_and_tokenizing_a_file_hold_no_more_for_a_bigger_file(six_and_tw
         with open(tmp_path / f"{name}.npy", "wb") as f:
             peaks[name] = {
                 "counting chunks": traced_peak(lambda: count_chunks(read_pieces(path), SPLIT_RE)),
-                "tokenizing": traced_peak(lambda: token_cache.tokenize_into(f, path, tokenizer, 1, None, False)),
+                "tokenizing": traced_peak(lambda: id_cache.tokenize_into(f, path, tokenizer, 1, None, False)),
             }
     extra_text = texts["big"].stat().st_size - texts["small"].stat().st_size
     for step in peaks["small"]:

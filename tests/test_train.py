@@ -24,7 +24,7 @@ import Model_Params
 import train
 from conftest import REPO, TINY_TEXT, TINY_VOCAB, run_script
 from Model import Transformer
-from support import time_budget, token_cache
+from support import id_cache, time_budget
 from support.checkpoints import load_checkpoint, model_from_checkpoint
 from support.distributed import SINGLE
 from support.lock import LOCK_NAME
@@ -205,12 +205,12 @@ def test_token_ids_are_cached_compactly_and_reused(tmp_path, monkeypatch):
     tokenizer.train(TINY_TEXT, TINY_VOCAB)
     text_path = tmp_path / "text.txt"
     text_path.write_text(TINY_TEXT, encoding="utf-8")
-    data_fp, say = token_cache.data_fingerprint(text_path, tokenizer), lambda msg: None
-    first = token_cache.load_token_ids(text_path, data_fp, tokenizer, SINGLE, say)
+    data_fp, say = id_cache.data_fingerprint(text_path, tokenizer), lambda msg: None
+    first = id_cache.load_token_ids(text_path, data_fp, tokenizer, SINGLE, say)
     assert first.dtype == np.uint16 and first.tolist() == tokenizer.encode(TINY_TEXT)
     assert len(list((tmp_path / ".cache").glob("*.npy"))) == 1 and not list((tmp_path / ".cache").glob("*.tmp"))
     monkeypatch.setattr(Tokenizer, "encode_file", lambda *args, **kwargs: pytest.fail("tokenized again"))
-    again = token_cache.load_token_ids(text_path, data_fp, tokenizer, SINGLE, say)
+    again = id_cache.load_token_ids(text_path, data_fp, tokenizer, SINGLE, say)
     assert np.array_equal(first, again)
 
 
