@@ -1,6 +1,6 @@
 """The optimizers: AdamW for every parameter, or Muon for the blocks' matrices and AdamW for the rest.
 
-Read this when you set `optimizer = "muon"` in Model_Params.py, or want to know which parameters get
+Read this to see which parameters Muon trains (`optimizer = "muon"` in Model_Params.py) and which get
 weight decay. Muon itself is PyTorch's (torch.optim.Muon); this module only decides who gets what.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ def configure_optimizer(model: nn.Module, learning_rate: float, weight_decay: fl
         params = [p for p in params if id(p) not in in_muon]
         # Muon: Nesterov momentum, then each matrix's update replaced by the nearest matrix whose
         # singular values are all about 1 (five Newton–Schulz iterations), scaled up for tall
-        # matrices. No weight decay on these matrices.
-        muon = torch.optim.Muon(matrices, lr=muon_lr, momentum=0.95, nesterov=True, weight_decay=0.0)
+        # matrices. Decoupled weight decay as AdamW's: each step w -= lr * weight_decay * w.
+        muon = torch.optim.Muon(matrices, lr=muon_lr, momentum=0.95, nesterov=True, weight_decay=weight_decay)
         return MuonWithAdamW(muon, adamw(params, learning_rate, weight_decay, betas))
     return adamw(params, learning_rate, weight_decay, betas)
 

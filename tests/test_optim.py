@@ -79,13 +79,15 @@ def test_muon_moves_block_matrices_by_an_orthogonalized_update_and_the_rest_by_a
             assert torch.allclose(p, q, atol=1e-6), name
 
 
-def test_muon_matrices_get_no_weight_decay():
+def test_muon_matrices_decay_as_adamw_decays_its_matrices():
+    # Decoupled weight decay: with nothing to learn, each step multiplies w by (1 - lr * weight_decay).
     model = tiny_model()
     opt = configure_optimizer(model, learning_rate=1e-2, weight_decay=0.5, optimizer="muon", muon_lr=0.05)
     before = [p.detach().clone() for g in opt.muon.param_groups for p in g["params"]]
     take_steps(model, opt, [[torch.zeros_like(p) for p in model.parameters()]])   # nothing to learn
     after = [p for g in opt.muon.param_groups for p in g["params"]]
-    assert all(torch.equal(a, b) for a, b in zip(after, before))                   # decay would shrink them
+    assert all(torch.allclose(a, b * (1 - 0.05 * 0.5)) for a, b in zip(after, before))
+    assert not any(torch.equal(a, b) for a, b in zip(after, before))
 
 
 def test_muon_state_dict_round_trip_continues_identically():
