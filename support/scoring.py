@@ -67,7 +67,8 @@ def windows_to_batch(ids: np.ndarray, starts, length: int, device: torch.device)
 @torch.no_grad()
 def score_windows(model: torch.nn.Module, ids: np.ndarray, windows: list[tuple[int, int, int]],
                   chars: torch.Tensor, device: torch.device, amp_dtype: torch.dtype | None = None,
-                  batch_size: int = 32, procs: Processes = SINGLE, progress: str | None = None) -> EvalResult:
+                  batch_size: int = 32, procs: Processes = SINGLE, progress: str | None = None,
+                  targets: torch.Tensor | None = None) -> EvalResult:
     """The summed NLL, tokens and characters of the predictions the windows ask for.
 
     A window (start, end, skip) feeds ids[start:end] to the model, which predicts
@@ -79,7 +80,8 @@ def score_windows(model: torch.nn.Module, ids: np.ndarray, windows: list[tuple[i
     cross-entropy is summed in float32 whatever the autocast precision. The model is used as it
     is (the caller puts it in eval mode). Under torchrun each process scores its share and the
     sums are added up, so every process gets the same result. progress: a bar with this label on
-    stderr (rank 0), or None."""
+    stderr (rank 0), or None. targets: (V,) bool, to count only the predictions whose target token
+    is True there (e.g. the tokens rare in training); None counts all."""
     by_length: dict[int, list[tuple[int, int]]] = {}
     for start, end, skip in windows[procs.rank::procs.world_size]:
         by_length.setdefault(end - start, []).append((start, skip))
@@ -94,6 +96,8 @@ def score_windows(model: torch.nn.Module, ids: np.ndarray, windows: list[tuple[i
             logits, _ = model(x)                                                   # (W, L, V)
         losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (W, L)
         counted = torch.arange(length, device=device)[None, :] >= torch.tensor(skips, device=device)[:, None]
+        if targets is not None:
+            counted &= targets.to(device)[y]
         nll += losses[counted].sum().item()
         tokens += int(counted.sum())
         n_chars += int(chars[y[counted].cpu()].sum())

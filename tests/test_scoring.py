@@ -91,3 +91,26 @@ def test_sliding_windows_score_each_token_once_with_the_context_they_give():
     assert result.tokens == len(ids) - 1
     assert result.chars == len(tokenizer.decode(ids[1:].tolist()))
     assert math.isclose(result.nll, nll, rel_tol=1e-5)
+
+
+def test_scoring_only_chosen_target_tokens_counts_exactly_those():
+    # The rare-token bench splits the validation loss by target token; the parts must add up to
+    # the whole, and each part must be the slow reference restricted to its tokens.
+    tokenizer, ids, model = small_model_and_ids()
+    windows = back_to_back(len(ids), 8)
+    chars = chars_per_token(tokenizer)
+    chosen = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
+    chosen[np.unique(ids)[::3]] = True                   # every third token that occurs
+    part = score_windows(model, ids, windows, chars, torch.device("cpu"), batch_size=5, targets=chosen)
+    rest = score_windows(model, ids, windows, chars, torch.device("cpu"), batch_size=5, targets=~chosen)
+    whole = score_windows(model, ids, windows, chars, torch.device("cpu"), batch_size=5)
+
+    targets = torch.tensor(ids[1:].astype(np.int64))
+    assert part.tokens == int(chosen[targets].sum()) and 0 < part.tokens < whole.tokens
+    assert part.chars == int(chars[targets][chosen[targets]].sum())
+    assert (part.tokens + rest.tokens, part.chars + rest.chars) == (whole.tokens, whole.chars)
+    assert math.isclose(part.nll + rest.nll, whole.nll, rel_tol=1e-5)
+    with torch.no_grad():
+        logits = torch.cat([model(torch.tensor(ids[s:e], dtype=torch.long)[None])[0][0] for s, e, _ in windows])
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    assert math.isclose(part.nll, losses[chosen[targets]].sum().item(), rel_tol=1e-5)
