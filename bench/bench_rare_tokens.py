@@ -6,7 +6,7 @@ Scores the whole validation split of --input (back-to-back windows, as train.py'
 split of this size) with every weights file given (default: Saved_Weights/pretrained.pth), and splits
 the result by how often each target token occurs in the training tokens: never, 1 to 4 times, or
 more. For each part it prints the tokens, their mean loss and their share of the nats/char figure
-(the parts' shares add up to the whole figure, printed last).
+(the parts' shares add up to the whole figure, printed first).
 """
 import argparse
 import sys

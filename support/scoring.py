@@ -88,6 +88,7 @@ def score_windows(model: torch.nn.Module, ids: np.ndarray, windows: list[tuple[i
     batches = [(length, group[i:i + batch_size])
                for length, group in by_length.items() for i in range(0, len(group), batch_size)]
     nll, tokens, n_chars = 0.0, 0, 0
+    targets = None if targets is None else targets.to(device)
     for length, batch in tqdm(batches, desc=progress, unit="batch", file=sys.stderr, leave=False,
                               disable=progress is None or not procs.is_main):
         starts, skips = zip(*batch)
@@ -97,7 +98,7 @@ def score_windows(model: torch.nn.Module, ids: np.ndarray, windows: list[tuple[i
         losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (W, L)
         counted = torch.arange(length, device=device)[None, :] >= torch.tensor(skips, device=device)[:, None]
         if targets is not None:
-            counted &= targets.to(device)[y]
+            counted &= targets[y]
         nll += losses[counted].sum().item()
         tokens += int(counted.sum())
         n_chars += int(chars[y[counted].cpu()].sum())
