@@ -67,7 +67,7 @@ REPO = Path(__file__).resolve().parent
 # as a whole number). Checked on start, so a hand edit that breaks one is a one-line error.
 NEEDED_PARAMS = {"vocab_size": int, "block_size": int, "emb_len": int, "num_layers": int, "num_heads": int,
                  "dropout": float, "batch_size": int, "grad_accum_steps": int, "learning_rate": float,
-                 "min_lr": float, "warmup_iters": int, "max_iters": int, "max_minutes": float,
+                 "min_lr": float, "warmup_iters": int, "max_iters": int, "max_epochs": float, "max_minutes": float,
                  "weight_decay": float, "grad_clip": float, "eval_interval": int, "eval_windows": int,
                  "final_eval_tokens": int, "optimizer": str, "muon_lr": float, "ema_decay": float}
 
@@ -123,7 +123,7 @@ def parse_settings(argv) -> argparse.Namespace:
     for name, low in at_least.items():
         if getattr(cfg, name) < low:
             raise UserError(f"--{name} must be at least {low}, got {getattr(cfg, name)}")
-    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_minutes"):
+    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_minutes", "max_epochs"):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name} must not be negative, got {getattr(cfg, name)}")
     if cfg.optimizer not in OPTIMIZERS:
@@ -143,6 +143,15 @@ def parse_settings(argv) -> argparse.Namespace:
         raise UserError(f"--stop-at-step {cfg.stop_at} is past the end of the schedule (max_iters "
                         f"{cfg.max_iters}); to train longer pass --max_iters {cfg.stop_at}")
     return cfg
+
+
+def steps_for_epochs(cfg, n_train_tokens: int, world_size: int) -> int:
+    """The steps that read max_epochs passes' worth of training tokens (random windows, so a pass
+    reads as many tokens as the split holds, not each one once); no limit when max_epochs is 0."""
+    if cfg.max_epochs == 0:
+        return cfg.max_iters
+    tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * world_size * cfg.block_size
+    return max(1, math.ceil(cfg.max_epochs * n_train_tokens / tokens_per_step))
 
 
 def train_config(cfg, world_size: int) -> dict:
@@ -222,6 +231,7 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
                                     data_fp, cfg.input, cfg.optimizer)
     train_ids, val_ids = split_ids(load_token_ids(input_path, data_fp, tokenizer, procs, say, cfg.workers),
                                    cfg.block_size, input_path)
+    cfg.max_iters = min(cfg.max_iters, steps_for_epochs(cfg, len(train_ids), procs.world_size))
     # Seeds: identical initial weights on every process (DDP would copy rank 0's anyway); one batch
     # generator that every process keeps in step, so all draw the same global batch and each takes
     # its own slice of it; dropout masks independent per process.
@@ -446,7 +456,7 @@ def ready_to_train(run: Run) -> bool:
         final_evaluation(run, last_lr)
     elif at_end:
         run.say(f"nothing to do: {latest} is already at step {run.step} (stop at {run.end_step}); pass "
-                f"--max_iters N to train longer, {fresh}")
+                f"--max_iters N (and --max_epochs E, if set) to train longer, {fresh}")
     elif out_of_time:
         run.say(f"nothing to do: {latest} has used its {run.cfg.max_minutes:g}-minute budget ("
                 f"{run.budget.minutes_so_far():.1f} min); pass --max_minutes M to train longer, {fresh}")

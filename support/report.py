@@ -43,6 +43,9 @@ def describe(run, train_config: dict) -> None:
     windows = cfg.batch_size * cfg.grad_accum_steps * procs.world_size
     say(f"global batch: {windows} windows = batch_size {cfg.batch_size} × grad_accum_steps "
         f"{cfg.grad_accum_steps} × {procs.world_size} process(es) = {windows * cfg.block_size:,} tokens/step")
+    if cfg.max_epochs > 0:
+        passes = cfg.max_iters * windows * cfg.block_size / len(run.train_ids)
+        say(f"max_epochs {cfg.max_epochs:g}: at most {cfg.max_iters:,} steps, {passes:.1f} passes over the training tokens")
     say(f"optimizer: Muon (peak lr {cfg.muon_lr:g}) for the blocks' matrices, AdamW (peak lr "
         f"{cfg.learning_rate:g}) for the rest" if cfg.optimizer == "muon" else
         f"optimizer: AdamW (peak lr {cfg.learning_rate:g})")

@@ -7,6 +7,7 @@ a busy machine. So most runs call train.main() in this process, which is the scr
 a command-line error, Ctrl-C and torchrun.
 """
 import csv
+import re
 import hashlib
 import math
 import os
@@ -32,7 +33,8 @@ from support.scoring import chars_per_token, score_windows
 from tokenizer import Tokenizer
 
 SMALL = ("--block_size", "16", "--emb_len", "32", "--num_layers", "2", "--num_heads", "2",
-         "--batch_size", "8", "--eval_windows", "8", "--warmup_iters", "3", "--learning_rate", "3e-3")
+         "--batch_size", "8", "--eval_windows", "8", "--warmup_iters", "3", "--learning_rate", "3e-3",
+         "--max_epochs", "0")
 
 
 def paths(tiny, weights_dir=None, **changes) -> list[str]:
@@ -255,6 +257,7 @@ def test_old_stop_flag_still_works_with_one_note(capsys):
     (["--final_eval_tokens", "-1"], "--final_eval_tokens must be at least 0"),
     (["--optimizer", "sgd"], "--optimizer must be one of adamw, muon, got 'sgd'"),
     (["--muon_lr", "0"], "--muon_lr must be above 0"),
+    (["--max_epochs", "-1"], "--max_epochs must not be negative"),
 ])
 def test_bad_settings_are_one_line_errors(args, fragment):
     with pytest.raises(train.UserError) as caught:
@@ -446,6 +449,20 @@ def test_evaluation_is_without_dropout_and_leaves_the_model_training(tiny_traine
     assert code == 0, err
     assert seen == [False] * 4                   # evaluations at steps 2, 4, 6 and the final one
     assert modes == [True] * 6                   # every training step with dropout on
+
+
+def test_max_epochs_ends_the_schedule_after_that_many_passes(tiny_trained, tmp_path, capsys):
+    code, err = call_main(capsys, *paths(tiny_trained, tmp_path / "w"), *SMALL, "--max_iters", "1000",
+                          "--max_epochs", "0.5", "--eval_interval", "1000", "--min_lr", "1e-4")
+    assert code == 0, err
+    n_train = int(re.search(r"— ([\d,]+) training", err).group(1).replace(",", ""))
+    steps = math.ceil(0.5 * n_train / (8 * 16))                # half the tokens, 8 windows of 16 a step
+    assert 1 < steps < 1000
+    assert f"max_epochs 0.5: at most {steps:,} steps" in err
+    assert "final, whole validation split" in err and f"at step {steps}:" in err
+    cfg = train.parse_settings([*SMALL, "--max_iters", str(steps), "--min_lr", "1e-4"])
+    [last] = history(tmp_path / "w")[-1:]            # the last step's rate: its cosine ended at `steps`
+    assert float(last["lr"]) == pytest.approx(train.learning_rate_at(steps - 1, cfg), rel=1e-4)
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
