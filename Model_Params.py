@@ -27,6 +27,7 @@ max_iters = 100000         # most optimisation steps; the cosine schedule ends h
 max_epochs = 0.0           # most passes over the training tokens, as steps; the schedule ends there if that comes first (0 = none)
 max_minutes = 60.0         # training time budget in minutes, resumed runs included; schedule fits into it (0 = none)
 weight_decay = 0.1         # decoupled decay of 2-D weight matrices (AdamW's, and Muon's): w -= lr × weight_decay × w
+adam_eps = 1e-8            # AdamW's ε: gradients far below it barely move a weight (see support/optim.py)
 grad_clip = 1.0            # clip the global gradient norm to this (0 disables)
 ema_decay = 0.0            # > 0: evaluate and save a moving average of the weights, e.g. 0.998 (0 = off)
 eval_interval = 200        # steps between validation evaluations (and checkpoints)

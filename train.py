@@ -69,7 +69,8 @@ NEEDED_PARAMS = {"vocab_size": int, "block_size": int, "emb_len": int, "num_laye
                  "dropout": float, "batch_size": int, "grad_accum_steps": int, "learning_rate": float,
                  "min_lr": float, "warmup_iters": int, "max_iters": int, "max_epochs": float, "max_minutes": float,
                  "weight_decay": float, "grad_clip": float, "eval_interval": int, "eval_windows": int,
-                 "final_eval_tokens": int, "optimizer": str, "muon_lr": float, "ema_decay": float}
+                 "final_eval_tokens": int, "optimizer": str, "muon_lr": float, "adam_eps": float,
+                 "ema_decay": float}
 
 
 # ───────────────────────────────────────── 1. settings ───────────────────────────────────────────
@@ -128,7 +129,7 @@ def parse_settings(argv) -> argparse.Namespace:
             raise UserError(f"--{name} must not be negative, got {getattr(cfg, name)}")
     if cfg.optimizer not in OPTIMIZERS:
         raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
-    for name in ("learning_rate", "muon_lr"):
+    for name in ("learning_rate", "muon_lr", "adam_eps"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be above 0, got {getattr(cfg, name)}")
     for name in ("dropout", "ema_decay"):
@@ -242,7 +243,7 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2 ** 32)
     optimizer = configure_optimizer(model, cfg.learning_rate, cfg.weight_decay, optimizer=cfg.optimizer,
-                                    muon_lr=cfg.muon_lr)
+                                    muon_lr=cfg.muon_lr, adam_eps=cfg.adam_eps)
     amp_dtype = choose_dtype(cfg.dtype, device)
     # float16 has too few exponent bits for small gradients: scale the loss up, unscale before
     # the step (skipping steps whose gradients overflowed). bfloat16 needs none of this.

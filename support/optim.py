@@ -2,6 +2,14 @@
 
 Read this to see which parameters Muon trains (`optimizer = "muon"` in Model_Params.py) and which get
 weight decay. Muon itself is PyTorch's (torch.optim.Muon); this module only decides who gets what.
+
+Why AdamW's ε (adam_eps) matters here: Adam divides each gradient by its own running size, so a
+gradient of 1e-9 moves a weight as far as one of 1e-1. A token the training text never contains
+still gets a gradient at every step: the softmax pushes its output row (tied to its embedding)
+away from the hidden states. Adam turns that push, however small, into full-size steps, so the
+row grows and the model ends up betting ~20 nats against the token, far below a fair share. ε is
+the gradient size below which Adam's steps shrink; 1e-6 instead of PyTorch's 1e-8 stops that push
+sooner and leaves ordinary gradients (1e-3 to 1e-5) as they were.
 """
 from __future__ import annotations
 
@@ -13,10 +21,10 @@ OPTIMIZERS = ("adamw", "muon")
 
 def configure_optimizer(model: nn.Module, learning_rate: float, weight_decay: float,
                         betas: tuple[float, float] = (0.9, 0.95), optimizer: str = "adamw",
-                        muon_lr: float = 0.02):
+                        muon_lr: float = 0.02, adam_eps: float = 1e-8):
     """The optimizer for training `model`: "adamw" (everything), or "muon" (Muon for the weight
     matrices inside the blocks, AdamW for the rest; see MuonWithAdamW) with peak rate muon_lr
-    for Muon's part. The trainer sets the rates every step (see train.py)."""
+    for Muon's part; adam_eps is AdamW's ε. The trainer sets the rates every step (see train.py)."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -29,12 +37,12 @@ def configure_optimizer(model: nn.Module, learning_rate: float, weight_decay: fl
         # singular values are all about 1 (five Newton–Schulz iterations), scaled up for tall
         # matrices. Decoupled weight decay as AdamW's: each step w -= lr * weight_decay * w.
         muon = torch.optim.Muon(matrices, lr=muon_lr, momentum=0.95, nesterov=True, weight_decay=weight_decay)
-        return MuonWithAdamW(muon, adamw(params, learning_rate, weight_decay, betas))
-    return adamw(params, learning_rate, weight_decay, betas)
+        return MuonWithAdamW(muon, adamw(params, learning_rate, weight_decay, betas, adam_eps))
+    return adamw(params, learning_rate, weight_decay, betas, adam_eps)
 
 
 def adamw(params: list, learning_rate: float, weight_decay: float,
-          betas: tuple[float, float]) -> torch.optim.AdamW:
+          betas: tuple[float, float], eps: float) -> torch.optim.AdamW:
     """AdamW that decays only >= 2-D parameters (matrices, embeddings). Biases and LayerNorm gains
     set offsets and scales; pulling them toward 0 only hurts."""
     decay = [p for p in params if p.dim() >= 2]
@@ -46,10 +54,10 @@ def adamw(params: list, learning_rate: float, weight_decay: float,
     # a quarter of the training step. Same math (test); plain AdamW where fused is unsupported.
     if all(p.device.type in ("cpu", "cuda") for p in params):
         try:
-            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
+            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=True)
         except (RuntimeError, ValueError, TypeError):
             pass
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
 
 
 class MuonWithAdamW:

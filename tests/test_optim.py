@@ -108,3 +108,22 @@ def test_muon_state_dict_round_trip_continues_identically():
     take_steps(second, opt, grads[2:])
     for p, q in zip(whole.parameters(), second.parameters()):
         assert torch.equal(p, q)
+
+
+def test_adam_eps_is_the_gradient_size_below_which_adamw_barely_moves_a_weight():
+    # Two embedding rows: one with a steady tiny gradient (a token the text never has, pushed down
+    # by the softmax), one with an ordinary gradient. Adam's steps are nearly size-free: with the
+    # default ε the tiny gradient still moves its row a tenth as far; with ε = 1e-6, a thousandth.
+    def moved(adam_eps, optimizer):
+        model = tiny_model()
+        opt = configure_optimizer(model, 1e-2, 0.0, optimizer=optimizer, adam_eps=adam_eps)
+        assert all(g["eps"] == adam_eps for g in getattr(opt, "adamw", opt).param_groups)
+        start = model.tok_emb.weight.detach().clone()
+        grads = [torch.zeros_like(p) for p in model.parameters()]
+        grads[0][0], grads[0][1] = 1e-9, 1e-3           # tok_emb is the first parameter
+        take_steps(model, opt, [grads] * 5)
+        distance = (start - model.tok_emb.weight.detach()).abs().mean(dim=1)
+        return distance[0] / distance[1]                 # the tiny row's step against the ordinary one's
+    for optimizer in ("adamw", "muon"):
+        assert 0.05 < moved(1e-8, optimizer) < 0.15
+        assert moved(1e-6, optimizer) < 0.002

@@ -258,6 +258,7 @@ def test_old_stop_flag_still_works_with_one_note(capsys):
     (["--optimizer", "sgd"], "--optimizer must be one of adamw, muon, got 'sgd'"),
     (["--muon_lr", "0"], "--muon_lr must be above 0"),
     (["--max_epochs", "-1"], "--max_epochs must not be negative"),
+    (["--adam_eps", "0"], "--adam_eps must be above 0"),
 ])
 def test_bad_settings_are_one_line_errors(args, fragment):
     with pytest.raises(train.UserError) as caught:
@@ -463,6 +464,15 @@ def test_max_epochs_ends_the_schedule_after_that_many_passes(tiny_trained, tmp_p
     cfg = train.parse_settings([*SMALL, "--max_iters", str(steps), "--min_lr", "1e-4"])
     [last] = history(tmp_path / "w")[-1:]            # the last step's rate: its cosine ended at `steps`
     assert float(last["lr"]) == pytest.approx(train.learning_rate_at(steps - 1, cfg), rel=1e-4)
+
+
+def test_adam_eps_reaches_the_optimizer_and_its_checkpoint(tiny_trained, tmp_path, capsys):
+    code, err = call_main(capsys, *paths(tiny_trained, tmp_path / "w"), *SMALL, "--max_iters", "2",
+                          "--eval_interval", "2", "--optimizer", "adamw", "--adam_eps", "1e-6")
+    assert code == 0, err
+    ckpt = load_checkpoint(tmp_path / "w" / "weights-latest.pth")
+    assert [g["eps"] for g in ckpt["optimizer"]["param_groups"]] == [1e-6, 1e-6]
+    assert ckpt["train_config"]["adam_eps"] == 1e-6
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
