@@ -10,24 +10,24 @@ vocab_size = 4096          # tokens in the BPE vocabulary: 256 byte tokens + (vo
 
 # --- model shape -----------------------------------------------------------------------------
 block_size = 128           # context length: how many tokens the model sees at once
-emb_len = 192              # width of every token vector (the embedding / residual stream size)
+emb_len = 256              # width of every token vector (the embedding / residual stream size)
 num_layers = 6             # number of transformer blocks stacked on top of each other
-num_heads = 6              # attention heads per block; emb_len must be divisible by it
+num_heads = 4              # attention heads per block; emb_len must be divisible by it
 dropout = 0.2              # probability of zeroing activations during training (regularisation)
 
 # --- optimisation ----------------------------------------------------------------------------
 batch_size = 16            # sequences per optimisation step (per process, before accumulation)
 grad_accum_steps = 1       # micro-batches summed into one optimiser step
-optimizer = "adamw"        # "adamw", or "muon": Muon for the blocks' weight matrices, AdamW for the rest
-learning_rate = 1.5e-3     # peak AdamW learning rate, reached after warmup
+optimizer = "muon"         # "adamw", or "muon": Muon for the blocks' weight matrices, AdamW for the rest
+learning_rate = 3e-3       # peak AdamW learning rate, reached after warmup
 muon_lr = 0.02             # peak Muon learning rate (optimizer = "muon"); same warm-up and decay as learning_rate
-min_lr = 1.5e-4            # floor the cosine schedule decays to
+min_lr = 3e-4              # floor the cosine schedule decays to
 warmup_iters = 100         # steps of linear warmup from 0 to learning_rate
 max_iters = 100000         # most optimisation steps; the cosine schedule ends here or when max_minutes runs out
-max_epochs = 0.0           # most passes over the training tokens, as steps; the schedule ends there if that comes first (0 = none)
+max_epochs = 12.0          # most passes over the training tokens, as steps; the schedule ends there if that comes first (0 = none)
 max_minutes = 60.0         # training time budget in minutes, resumed runs included; schedule fits into it (0 = none)
-weight_decay = 0.1         # decoupled decay of 2-D weight matrices (AdamW's, and Muon's): w -= lr × weight_decay × w
-adam_eps = 1e-8            # AdamW's ε: gradients far below it barely move a weight (see support/optim.py)
+weight_decay = 0.4         # decoupled decay of 2-D weight matrices (AdamW's, and Muon's): w -= lr × weight_decay × w
+adam_eps = 1e-5            # AdamW's ε: gradients far below it barely move a weight (see support/optim.py)
 grad_clip = 1.0            # clip the global gradient norm to this (0 disables)
 ema_decay = 0.0            # > 0: evaluate and save a moving average of the weights, e.g. 0.998 (0 = off)
 eval_interval = 200        # steps between validation evaluations (and checkpoints)

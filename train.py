@@ -13,7 +13,7 @@ What happens, in order (each step is a section below):
   4. the loop (`train`): each step averages the loss over batch_size × grad_accum_steps × processes
      random windows (`get_batch`), clips the gradient and takes an optimizer step at the scheduled
      rate (`learning_rate_at`: linear warm-up, then cosine decay to min_lr at max_iters, or sooner
-     when max_minutes would run out first);
+     when max_epochs passes over the training tokens or max_minutes would end first);
   5. every eval_interval steps (`evaluate_and_save`): validation on fixed windows, one line of
      figures, weights-best.pth when it improved, a row in loss_history.csv, and last
      weights-latest.pth (so a run killed at any moment resumes and redoes the rest exactly);
@@ -232,7 +232,7 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
                                     data_fp, cfg.input, cfg.optimizer)
     train_ids, val_ids = split_ids(load_token_ids(input_path, data_fp, tokenizer, procs, say, cfg.workers),
                                    cfg.block_size, input_path)
-    cfg.max_iters = min(cfg.max_iters, steps_for_epochs(cfg, len(train_ids), procs.world_size))
+    cfg.max_iters = min(cfg.max_iters, steps_for_epochs(cfg, len(train_ids), procs.world_size))  # the schedule's end
     # Seeds: identical initial weights on every process (DDP would copy rank 0's anyway); one batch
     # generator that every process keeps in step, so all draw the same global batch and each takes
     # its own slice of it; dropout masks independent per process.
