@@ -161,13 +161,20 @@ def test_beam_search_prints_a_deterministic_continuation(tiny):
     assert "ignoring --seed" in result.stderr
 
 
+def default_ctrl_c() -> None:
+    """In the child before run.py starts: Ctrl-C back to its default, as a person's shell gives it.
+    A test run started in the background by a script inherits SIGINT ignored, and Python then
+    never turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_in_terminal(tiny, *args):
     """run.py with a pseudo-terminal as stdin, as when a person types. Returns (process, terminal fd)."""
     terminal, stdin = pty.openpty()
     proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "--weights", str(tiny["weights"]),
                              "--tokenizer-dir", str(tiny["tokenizer_dir"]), *args],
                             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=default_ctrl_c)
     os.close(stdin)
     return proc, terminal
 
