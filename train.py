@@ -69,8 +69,7 @@ NEEDED_PARAMS = {"vocab_size": int, "block_size": int, "emb_len": int, "num_laye
                  "dropout": float, "batch_size": int, "grad_accum_steps": int, "learning_rate": float,
                  "min_lr": float, "warmup_iters": int, "max_iters": int, "max_epochs": float, "max_minutes": float,
                  "weight_decay": float, "grad_clip": float, "eval_interval": int, "eval_windows": int,
-                 "final_eval_tokens": int, "optimizer": str, "muon_lr": float, "adam_eps": float,
-                 "ema_decay": float}
+                 "final_eval_tokens": int, "optimizer": str, "muon_lr": float, "adam_eps": float, "ema_decay": float}
 
 
 # ───────────────────────────────────────── 1. settings ───────────────────────────────────────────
@@ -118,9 +117,8 @@ def parse_settings(argv) -> argparse.Namespace:
         if launched_rank() == 0:
             print("note: --max-iters is now --stop-at-step", file=sys.stderr)
         cfg.stop_at = cfg.old_stop_at if cfg.stop_at is None else cfg.stop_at
-    at_least = {"block_size": 1, "emb_len": 1, "num_layers": 1, "num_heads": 1, "batch_size": 1,
-                "grad_accum_steps": 1, "eval_interval": 1, "eval_windows": 1, "max_iters": 0,
-                "warmup_iters": 0, "final_eval_tokens": 0}
+    at_least = {"block_size": 1, "emb_len": 1, "num_layers": 1, "num_heads": 1, "batch_size": 1, "eval_windows": 1,
+                "grad_accum_steps": 1, "eval_interval": 1, "max_iters": 0, "warmup_iters": 0, "final_eval_tokens": 0}
     for name, low in at_least.items():
         if getattr(cfg, name) < low:
             raise UserError(f"--{name} must be at least {low}, got {getattr(cfg, name)}")
@@ -144,15 +142,6 @@ def parse_settings(argv) -> argparse.Namespace:
         raise UserError(f"--stop-at-step {cfg.stop_at} is past the end of the schedule (max_iters "
                         f"{cfg.max_iters}); to train longer pass --max_iters {cfg.stop_at}")
     return cfg
-
-
-def steps_for_epochs(cfg, n_train_tokens: int, world_size: int) -> int:
-    """The steps that read max_epochs passes' worth of training tokens (random windows, so a pass
-    reads as many tokens as the split holds, not each one once); no limit when max_epochs is 0."""
-    if cfg.max_epochs == 0:
-        return cfg.max_iters
-    tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * world_size * cfg.block_size
-    return max(1, math.ceil(cfg.max_epochs * n_train_tokens / tokens_per_step))
 
 
 def train_config(cfg, world_size: int) -> dict:
@@ -232,7 +221,7 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
                                     data_fp, cfg.input, cfg.optimizer)
     train_ids, val_ids = split_ids(load_token_ids(input_path, data_fp, tokenizer, procs, say, cfg.workers),
                                    cfg.block_size, input_path)
-    cfg.max_iters = min(cfg.max_iters, steps_for_epochs(cfg, len(train_ids), procs.world_size))  # the schedule's end
+    cfg.max_iters = time_budget.last_step(cfg, len(train_ids), procs.world_size)   # max_iters or max_epochs
     # Seeds: identical initial weights on every process (DDP would copy rank 0's anyway); one batch
     # generator that every process keeps in step, so all draw the same global batch and each takes
     # its own slice of it; dropout masks independent per process.
