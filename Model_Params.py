@@ -14,6 +14,7 @@ emb_len = 256              # width of every token vector (the embedding / residu
 num_layers = 6             # number of transformer blocks stacked on top of each other
 num_heads = 4              # attention heads per block; emb_len must be divisible by it
 dropout = 0.2              # probability of zeroing activations during training (regularisation)
+bpe_dropout = 0.0          # chance that a training token is split into the two tokens it was merged from (0 = off)
 
 # --- optimisation ----------------------------------------------------------------------------
 batch_size = 16            # sequences per optimisation step (per process, before accumulation)

@@ -37,6 +37,7 @@ import math
 import random
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ from tqdm import tqdm
 
 from Model import ModelConfig, Transformer
 from support import settings, time_budget
+from support.bpe_dropout import merge_parts, split_tokens
 from support.checkpoints import (BEST, LATEST, CheckpointError, best_checkpoint, check_writable, latest_checkpoint,
                                  load_resume_state, own_rng_state, remove_leftover_temps, restore_training_state,
                                  save_atomic)
@@ -55,7 +57,7 @@ from support.history import record, start_history, unfinished_final_evaluation
 from support.ema import WeightAverage, averaged
 from support.lock import hold_folder
 from support.optim import OPTIMIZERS, configure_optimizer
-from support.scoring import EvalResult, chars_per_token, score_windows, windows_to_batch
+from support.scoring import EvalResult, chars_per_token, final_windows, fixed_windows, score_windows, windows_to_batch
 from support.settings import Parser, UserError, checked, load_params
 from support.report import describe, progress_bar, show_progress
 from support.stopping import StopRequest
@@ -69,7 +71,8 @@ NEEDED_PARAMS = {"vocab_size": int, "block_size": int, "emb_len": int, "num_laye
                  "dropout": float, "batch_size": int, "grad_accum_steps": int, "learning_rate": float,
                  "min_lr": float, "warmup_iters": int, "max_iters": int, "max_epochs": float, "max_minutes": float,
                  "weight_decay": float, "grad_clip": float, "eval_interval": int, "eval_windows": int,
-                 "final_eval_tokens": int, "optimizer": str, "muon_lr": float, "adam_eps": float, "ema_decay": float}
+                 "final_eval_tokens": int, "optimizer": str, "muon_lr": float, "adam_eps": float, "ema_decay": float,
+                 "bpe_dropout": float}
 
 
 # ───────────────────────────────────────── 1. settings ───────────────────────────────────────────
@@ -130,7 +133,7 @@ def parse_settings(argv) -> argparse.Namespace:
     for name in ("learning_rate", "muon_lr", "adam_eps"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be above 0, got {getattr(cfg, name)}")
-    for name in ("dropout", "ema_decay"):
+    for name in ("dropout", "ema_decay", "bpe_dropout"):
         if not 0 <= getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
     if cfg.emb_len % cfg.num_heads:
@@ -275,35 +278,22 @@ def set_learning_rate(optimizer, lr: float, cfg) -> None:
 
 # ─────────────────────────────────────────── batches ─────────────────────────────────────────────
 
-def get_batch(train_ids: np.ndarray, cfg, procs: Processes, generator: torch.Generator, device: torch.device):
+def get_batch(train_ids: np.ndarray, cfg, procs: Processes, generator: torch.Generator, device: torch.device,
+              merges: list[tuple[int, int]] = ()):
     """This process's share of one step's global batch: grad_accum_steps micro-batches (x, y), each
     (batch_size, block_size), of windows starting at random in the training tokens. The global batch
     is drawn whole on every process, shaped (micro-steps, processes, batch_size), and each takes its
-    slice, so a run's batches do not depend on the number of processes."""
-    starts = torch.randint(0, len(train_ids) - cfg.block_size,
-                           (cfg.grad_accum_steps, procs.world_size, cfg.batch_size), generator=generator)
-    return (windows_to_batch(train_ids, starts[micro, procs.rank].numpy(), cfg.block_size, device)
-            for micro in range(cfg.grad_accum_steps))
-
-
-def fixed_windows(n_tokens: int, block_size: int, count: int) -> list[tuple[int, int, int]]:
-    """`count` windows spread evenly over the split, the same at every evaluation, so successive
-    figures differ only because the model changed. (start, end, skip) triples, as score_windows takes."""
-    starts = np.unique(np.linspace(0, n_tokens - block_size - 1, count).round().astype(np.int64))
-    return [(int(s), int(s) + block_size, 0) for s in starts]
-
-
-def final_windows(n_tokens: int, block_size: int, most_tokens: int) -> list[tuple[int, int, int]]:
-    """The final evaluation's windows. When the split has at most `most_tokens` targets (or it is 0):
-    back to back over the whole split, so every token but the first (which has nothing before it)
-    is a target once; the last window may be shorter. Otherwise most_tokens ÷ block_size windows,
-    spread evenly over the split, the same every time. Each window starts with no context, so this
-    is a little pessimistic compared with a sliding window."""
-    if most_tokens == 0 or n_tokens - 1 <= most_tokens:
-        return [(s, min(s + block_size, n_tokens - 1), 0) for s in range(0, n_tokens - 1, block_size)]
-    length = min(block_size, most_tokens)
-    starts = np.linspace(0, n_tokens - length - 1, most_tokens // length).round().astype(np.int64)
-    return [(int(s), int(s) + length, 0) for s in starts]
+    slice, so a run's batches do not depend on the number of processes. With bpe_dropout > 0 each
+    merged token of a window is, with that chance, split into the two tokens its merge joined
+    (BPE-dropout: the text's other spellings, so the pieces of long tokens train too)."""
+    shape = (cfg.grad_accum_steps, procs.world_size, cfg.batch_size)
+    starts = torch.randint(0, len(train_ids) - cfg.block_size, shape, generator=generator)
+    if cfg.bpe_dropout > 0:          # a coin for every token of the global batch, drawn like the starts
+        split = torch.rand(shape + (cfg.block_size + 1,), generator=generator) < cfg.bpe_dropout
+        parts = merge_parts(merges, cfg.vocab_size)
+    for micro in range(cfg.grad_accum_steps):
+        respell = partial(split_tokens, parts=parts, split=split[micro, procs.rank]) if cfg.bpe_dropout > 0 else None
+        yield windows_to_batch(train_ids, starts[micro, procs.rank].numpy(), cfg.block_size, device, respell)
 
 
 # ────────────────────────────────────────── evaluation ───────────────────────────────────────────
@@ -338,7 +328,7 @@ def train(run: Run) -> int:
                 lr = learning_rate_at(run.step, cfg, run.horizon)
                 set_learning_rate(optimizer, lr, cfg)
                 step_loss = 0.0
-                for micro, (x, y) in enumerate(get_batch(run.train_ids, cfg, run.procs, run.batch_gen, run.device)):
+                for micro, (x, y) in enumerate(get_batch(run.train_ids, cfg, run.procs, run.batch_gen, run.device, run.tokenizer.merges)):
                     with gradient_sync(train_model, run.procs, micro == cfg.grad_accum_steps - 1):
                         with autocast(run.device, run.amp_dtype):
                             _, loss = train_model(x, y)              # mean cross-entropy over (B, T)

@@ -2,7 +2,7 @@
 
 Read this when you want to know exactly how a validation figure is added up. train.py's
 evaluations and run.py's --eval both score through score_windows; they differ only in which
-windows they choose.
+windows they choose (train.py's: fixed_windows at each evaluation, final_windows at the end).
 """
 from __future__ import annotations
 
@@ -52,16 +52,39 @@ def chars_per_token(tokenizer) -> torch.Tensor:
     return torch.tensor(counts, dtype=torch.int64)
 
 
-def windows_to_batch(ids: np.ndarray, starts, length: int, device: torch.device):
+def windows_to_batch(ids: np.ndarray, starts, length: int, device: torch.device, respell=None):
     """Windows ids[s : s + length + 1] for each start -> inputs x and targets y, both (B, length)
-    int64 on device; y is x shifted one token left (each position predicts the next token)."""
+    int64 on device; y is x shifted one token left (each position predicts the next token).
+    respell, if given, maps the (B, length + 1) windows to new ones first (BPE-dropout)."""
     starts = np.asarray(starts, dtype=np.int64)
     rows = torch.from_numpy(ids[starts[:, None] + np.arange(length + 1)].astype(np.int64))  # (B, L+1)
+    if respell is not None:
+        rows = respell(rows)
     if device.type == "cuda":
         rows = rows.pin_memory().to(device, non_blocking=True)
     else:
         rows = rows.to(device)
     return rows[:, :-1], rows[:, 1:]
+
+
+def fixed_windows(n_tokens: int, block_size: int, count: int) -> list[tuple[int, int, int]]:
+    """`count` windows spread evenly over the split, the same at every evaluation, so successive
+    figures differ only because the model changed. (start, end, skip) triples, as score_windows takes."""
+    starts = np.unique(np.linspace(0, n_tokens - block_size - 1, count).round().astype(np.int64))
+    return [(int(s), int(s) + block_size, 0) for s in starts]
+
+
+def final_windows(n_tokens: int, block_size: int, most_tokens: int) -> list[tuple[int, int, int]]:
+    """The final evaluation's windows. When the split has at most `most_tokens` targets (or it is 0):
+    back to back over the whole split, so every token but the first (which has nothing before it)
+    is a target once; the last window may be shorter. Otherwise most_tokens ÷ block_size windows,
+    spread evenly over the split, the same every time. Each window starts with no context, so this
+    is a little pessimistic compared with a sliding window."""
+    if most_tokens == 0 or n_tokens - 1 <= most_tokens:
+        return [(s, min(s + block_size, n_tokens - 1), 0) for s in range(0, n_tokens - 1, block_size)]
+    length = min(block_size, most_tokens)
+    starts = np.linspace(0, n_tokens - length - 1, most_tokens // length).round().astype(np.int64)
+    return [(int(s), int(s) + length, 0) for s in starts]
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conftest import TINY_TEXT
 from Model import ModelConfig, Transformer
-from support.scoring import chars_per_token, score_windows
+from support.scoring import chars_per_token, final_windows, fixed_windows, score_windows
 from tokenizer import Tokenizer
 
 
@@ -114,3 +114,23 @@ def test_scoring_only_chosen_target_tokens_counts_exactly_those():
         logits = torch.cat([model(torch.tensor(ids[s:e], dtype=torch.long)[None])[0][0] for s, e, _ in windows])
     losses = F.cross_entropy(logits, targets, reduction="none")
     assert math.isclose(part.nll, losses[chosen[targets]].sum().item(), rel_tol=1e-5)
+
+
+# ─────────────────────────── the windows train.py scores ───────────────────────────
+
+def test_fixed_windows_are_the_same_every_time_and_inside_the_split():
+    a, b = fixed_windows(1000, 16, 50), fixed_windows(1000, 16, 50)
+    assert a == b and len(a) == 50
+    assert all(0 <= s and e == s + 16 and e + 1 <= 1000 and skip == 0 for s, e, skip in a)
+
+
+def test_final_windows_cover_a_small_split_back_to_back_and_spread_a_bound_over_a_big_one():
+    full = final_windows(1000, 16, 0)
+    targets = [t for s, e, _ in full for t in range(s + 1, e + 1)]
+    assert targets == list(range(1, 1000))                          # every token but the first, once
+    assert final_windows(1000, 16, 999) == final_windows(1000, 16, 5000) == full
+    bounded = final_windows(100_000, 16, 1000)
+    assert bounded == final_windows(100_000, 16, 1000)        # the same windows every time
+    assert len(bounded) == 1000 // 16 and all(e - s == 16 for s, e, _ in bounded)
+    assert bounded[0][0] == 0 and bounded[-1][1] == 100_000 - 1     # spread from one end to the other
+    assert all(a[1] <= b[0] for a, b in zip(bounded, bounded[1:]))  # in order, never overlapping

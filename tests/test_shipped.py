@@ -11,7 +11,7 @@ from conftest import REPO, run_script
 from test_tour import require_shipped_corpus
 from Model import ModelConfig
 from support.checkpoints import check_tokenizer_fingerprint, load_checkpoint, model_from_checkpoint
-from support.scoring import chars_per_token, score_windows
+from support.scoring import chars_per_token, final_windows, score_windows
 from tokenizer import Tokenizer
 
 WEIGHTS = REPO / "Saved_Weights" / "pretrained.pth"
@@ -50,7 +50,7 @@ def test_shipped_model_validation_slice_matches_readme():
     ids = np.array(tokenizer.encode(text), dtype=np.int64)
     block_size = model.config.block_size
     _, val = train.split_ids(ids, block_size, REPO / "Train_Data" / "input.txt")
-    result = score_windows(model, val[:SLICE_TOKENS + 1], train.final_windows(SLICE_TOKENS + 1, block_size, 0),
+    result = score_windows(model, val[:SLICE_TOKENS + 1], final_windows(SLICE_TOKENS + 1, block_size, 0),
                            chars_per_token(tokenizer), torch.device("cpu"))
     assert abs(result.nats_per_char - recorded_slice_figure()) < 0.02
 

@@ -29,7 +29,7 @@ from support import id_cache, time_budget
 from support.checkpoints import load_checkpoint, model_from_checkpoint
 from support.distributed import SINGLE
 from support.lock import LOCK_NAME
-from support.scoring import chars_per_token, score_windows
+from support.scoring import chars_per_token, final_windows, score_windows
 from tokenizer import Tokenizer
 
 # A tiny model for in-process runs. The optimizer and the length are pinned (AdamW, no max_epochs),
@@ -190,7 +190,7 @@ def test_weight_average_is_evaluated_kept_as_best_and_resumed_exactly(tiny_train
     tokenizer = Tokenizer.load(tiny_trained["tokenizer_dir"])
     ids = np.array(tokenizer.encode(TINY_TEXT), dtype=np.int64)
     _, val = train.split_ids(ids, 16, tiny_trained["input"])
-    windows = train.final_windows(len(val), 16, 0)
+    windows = final_windows(len(val), 16, 0)
 
     def nats_per_char(weights) -> float:
         model = model_from_checkpoint({**a, "model": weights}, torch.device("cpu"))
@@ -261,6 +261,7 @@ def test_old_stop_flag_still_works_with_one_note(capsys):
     (["--muon_lr", "0"], "--muon_lr must be above 0"),
     (["--max_epochs", "-1"], "--max_epochs must not be negative"),
     (["--adam_eps", "0"], "--adam_eps must be above 0"),
+    (["--bpe_dropout", "1"], "--bpe_dropout must be in [0, 1), got 1.0"),
 ])
 def test_bad_settings_are_one_line_errors(args, fragment):
     with pytest.raises(train.UserError) as caught:
@@ -411,25 +412,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_without_traceback(tiny_trained, tmp
 
 
 # ───────────────────────────────────────── evaluation ─────────────────────────────────────────
-# The sums themselves: tests/test_scoring.py. Here: which windows train.py scores.
-
-def test_fixed_windows_are_the_same_every_time_and_inside_the_split():
-    a, b = train.fixed_windows(1000, 16, 50), train.fixed_windows(1000, 16, 50)
-    assert a == b and len(a) == 50
-    assert all(0 <= s and e == s + 16 and e + 1 <= 1000 and skip == 0 for s, e, skip in a)
-
-
-def test_final_windows_cover_a_small_split_back_to_back_and_spread_a_bound_over_a_big_one():
-    full = train.final_windows(1000, 16, 0)
-    targets = [t for s, e, _ in full for t in range(s + 1, e + 1)]
-    assert targets == list(range(1, 1000))                          # every token but the first, once
-    assert train.final_windows(1000, 16, 999) == train.final_windows(1000, 16, 5000) == full
-    bounded = train.final_windows(100_000, 16, 1000)
-    assert bounded == train.final_windows(100_000, 16, 1000)        # the same windows every time
-    assert len(bounded) == 1000 // 16 and all(e - s == 16 for s, e, _ in bounded)
-    assert bounded[0][0] == 0 and bounded[-1][1] == 100_000 - 1     # spread from one end to the other
-    assert all(a[1] <= b[0] for a, b in zip(bounded, bounded[1:]))  # in order, never overlapping
-
+# The sums themselves, and which windows train.py scores: tests/test_scoring.py.
 
 def test_evaluation_is_without_dropout_and_leaves_the_model_training(tiny_trained, capsys, tmp_path, monkeypatch):
     seen = []
