@@ -142,9 +142,10 @@ def test_rerun_after_the_end_has_nothing_to_do(tiny_trained, capsys, tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained, tmp_path, capsys, optimizer):
-    # Dropout and gradient accumulation on, so the dropout generator and the batch generator
-    # both have to come back exactly; with Muon, both optimizers' states too.
-    flags = (*SMALL, "--max_iters", "12", "--eval_interval", "5", "--dropout", "0.1",
+    # Dropout, BPE-dropout and gradient accumulation on, so the dropout generator and the batch
+    # generator (windows and split coins) both have to come back exactly; with Muon, both optimizers'
+    # states too.
+    flags = (*SMALL, "--max_iters", "12", "--eval_interval", "5", "--dropout", "0.1", "--bpe_dropout", "0.2",
              "--grad_accum_steps", "2", "--seed", "5", "--optimizer", optimizer)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert call_main(capsys, *paths(tiny_trained, whole), *flags)[0] == 0
@@ -502,8 +503,8 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_and_only_
         tiny_trained, tmp_path, capsys):
     # float32: the two runs add the same numbers in another order, which bfloat16 autocast (the
     # default on CPUs with native bf16) would round far apart.
-    flags = (*SMALL, "--max_iters", "10", "--eval_interval", "5", "--dropout", "0", "--device", "cpu",
-             "--dtype", "float32")
+    flags = (*SMALL, "--max_iters", "10", "--eval_interval", "5", "--dropout", "0", "--bpe_dropout", "0.2",
+             "--device", "cpu", "--dtype", "float32")
     one, two = tmp_path / "one", tmp_path / "two"
     assert call_main(capsys, *paths(tiny_trained, one), *flags)[0] == 0
     # The same run stopped at step 6 by one process, then resumed by two under torchrun with half
