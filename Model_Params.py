@@ -14,7 +14,7 @@ emb_len = 256              # width of every token vector (the embedding / residu
 num_layers = 6             # number of transformer blocks stacked on top of each other
 num_heads = 4              # attention heads per block; emb_len must be divisible by it
 dropout = 0.2              # probability of zeroing activations during training (regularisation)
-bpe_dropout = 0.0          # chance that a training token is split into the two tokens it was merged from (0 = off)
+bpe_dropout = 0.1          # chance that a training token is split into the two tokens it was merged from (0 = off)
 
 # --- optimisation ----------------------------------------------------------------------------
 batch_size = 16            # sequences per optimisation step (per process, before accumulation)
@@ -28,7 +28,7 @@ max_iters = 100000         # most optimisation steps; the cosine schedule ends h
 max_epochs = 12.0          # most passes over the training tokens, as steps; the schedule ends there if that comes first (0 = none)
 max_minutes = 60.0         # training time budget in minutes, resumed runs included; schedule fits into it (0 = none)
 weight_decay = 0.4         # decoupled decay of 2-D weight matrices (AdamW's, and Muon's): w -= lr × weight_decay × w
-adam_eps = 1e-5            # AdamW's ε: gradients far below it barely move a weight (see support/optim.py)
+adam_eps = 1e-4            # AdamW's ε: gradients far below it barely move a weight (see support/optim.py)
 grad_clip = 1.0            # clip the global gradient norm to this (0 disables)
 ema_decay = 0.0            # > 0: evaluate and save a moving average of the weights, e.g. 0.998 (0 = off)
 eval_interval = 200        # steps between validation evaluations (and checkpoints)
