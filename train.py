@@ -11,9 +11,10 @@ What happens, in order (each step is a section below):
   3. model and optimizer: a fresh Transformer and AdamW (or Muon), or the state weights-latest.pth
      holds (exact resume: weights, optimizer, step, every random-number generator);
   4. the loop (`train`): each step averages the loss over batch_size × grad_accum_steps × processes
-     random windows (`get_batch`), clips the gradient and takes an optimizer step at the scheduled
-     rate (`learning_rate_at`: linear warm-up, then cosine decay to min_lr at max_iters, or sooner
-     when max_epochs passes over the training tokens or max_minutes would end first);
+     random windows (`get_batch`; with bpe_dropout, some merged tokens split into their two parts),
+     clips the gradient and takes an optimizer step at the scheduled rate (`learning_rate_at`:
+     linear warm-up, then cosine decay to min_lr at max_iters, or sooner when max_epochs passes
+     over the training tokens or max_minutes would end first);
   5. every eval_interval steps (`evaluate_and_save`): validation on fixed windows, one line of
      figures, weights-best.pth when it improved, a row in loss_history.csv, and last
      weights-latest.pth (so a run killed at any moment resumes and redoes the rest exactly);
