@@ -25,7 +25,7 @@ muon_lr = 0.02             # peak Muon learning rate (optimizer = "muon"); same 
 min_lr = 3e-4              # floor the cosine schedule decays to
 warmup_iters = 100         # steps of linear warmup from 0 to learning_rate
 max_iters = 100000         # most optimisation steps; the cosine schedule ends here or when max_minutes runs out
-max_epochs = 12.0          # most passes over the training tokens, as steps; the schedule ends there if that comes first (0 = none)
+max_epochs = 18.0          # most passes over the training tokens, as steps; the schedule ends there if that comes first (0 = none)
 max_minutes = 60.0         # training time budget in minutes, resumed runs included; schedule fits into it (0 = none)
 weight_decay = 0.4         # decoupled decay of 2-D weight matrices (AdamW's, and Muon's): w -= lr × weight_decay × w
 adam_eps = 1e-4            # AdamW's ε: gradients far below it barely move a weight (see support/optim.py)
