@@ -199,6 +199,7 @@ class Run:
     saved_step: int | None = None    # step held by weights-latest.pth, if any
     folder_lock: object = None       # held while the run lives (rank 0): see support/lock.py
     average: WeightAverage | None = None   # the weights' moving average (ema_decay > 0): evaluated, saved as best
+    merge_parts: torch.Tensor | None = None  # (V, 2) the two tokens each token was merged from (bpe_dropout)
 
     @property
     def end_step(self) -> int:       # where the loop stops: --stop-at-step, else the schedule's end
@@ -252,6 +253,7 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
         restore_training_state(resumed, model, optimizer, scaler, batch_gen, procs.rank, procs.world_size,
                                device, cfg.seed, cfg.dropout, say)
         run.step, run.saved_step, run.best_val = resumed["step"], resumed["step"], resumed.get("best_val")
+    run.merge_parts = merge_parts(tokenizer.merges, tokenizer.vocab_size)     # once, not every step
     if cfg.ema_decay > 0:            # from the weights as they are now, or as weights-latest.pth kept it
         run.average = WeightAverage(model, cfg.ema_decay, (resumed or {}).get("weight_average"))
     return run
@@ -280,18 +282,18 @@ def set_learning_rate(optimizer, lr: float, cfg) -> None:
 # ─────────────────────────────────────────── batches ─────────────────────────────────────────────
 
 def get_batch(train_ids: np.ndarray, cfg, procs: Processes, generator: torch.Generator, device: torch.device,
-              merges: list[tuple[int, int]] = ()):
+              parts: torch.Tensor | None = None):
     """This process's share of one step's global batch: grad_accum_steps micro-batches (x, y), each
     (batch_size, block_size), of windows starting at random in the training tokens. The global batch
     is drawn whole on every process, shaped (micro-steps, processes, batch_size), and each takes its
     slice, so a run's batches do not depend on the number of processes. With bpe_dropout > 0 each
     merged token of a window is, with that chance, split into the two tokens its merge joined
-    (BPE-dropout: the text's other spellings, so the pieces of long tokens train too)."""
+    (BPE-dropout: the text's other spellings, so the pieces of long tokens train too; parts: the
+    tokenizer's merge_parts)."""
     shape = (cfg.grad_accum_steps, procs.world_size, cfg.batch_size)
     starts = torch.randint(0, len(train_ids) - cfg.block_size, shape, generator=generator)
     if cfg.bpe_dropout > 0:          # a coin for every token of the global batch, drawn like the starts
         split = torch.rand(shape + (cfg.block_size + 1,), generator=generator) < cfg.bpe_dropout
-        parts = merge_parts(merges, cfg.vocab_size)
     for micro in range(cfg.grad_accum_steps):
         respell = partial(split_tokens, parts=parts, split=split[micro, procs.rank]) if cfg.bpe_dropout > 0 else None
         yield windows_to_batch(train_ids, starts[micro, procs.rank].numpy(), cfg.block_size, device, respell)
@@ -329,7 +331,7 @@ def train(run: Run) -> int:
                 lr = learning_rate_at(run.step, cfg, run.horizon)
                 set_learning_rate(optimizer, lr, cfg)
                 step_loss = 0.0
-                for micro, (x, y) in enumerate(get_batch(run.train_ids, cfg, run.procs, run.batch_gen, run.device, run.tokenizer.merges)):
+                for micro, (x, y) in enumerate(get_batch(run.train_ids, cfg, run.procs, run.batch_gen, run.device, run.merge_parts)):
                     with gradient_sync(train_model, run.procs, micro == cfg.grad_accum_steps - 1):
                         with autocast(run.device, run.amp_dtype):
                             _, loss = train_model(x, y)              # mean cross-entropy over (B, T)

@@ -55,7 +55,7 @@ def batches(bpe_dropout: float, rank: int = 0, world_size: int = 1, grad_accum: 
     procs = Processes(rank=rank, world_size=world_size)
     generator = torch.Generator().manual_seed(seed)
     return [xy for _ in range(5) for xy in train.get_batch(IDS, cfg, procs, generator, torch.device("cpu"),
-                                                           TOKENIZER.merges)]
+                                                           PARTS)]
 
 
 def same(a: list, b: list) -> bool:
