@@ -13,7 +13,7 @@ block_size = 128           # context length: how many tokens the model sees at o
 emb_len = 256              # width of every token vector (the embedding / residual stream size)
 num_layers = 6             # number of transformer blocks stacked on top of each other
 num_heads = 4              # attention heads per block; emb_len must be divisible by it
-dropout = 0.2              # probability of zeroing activations during training (regularisation)
+dropout = 0.1              # probability of zeroing activations during training (regularisation)
 bpe_dropout = 0.1          # chance that a training token is split into the two tokens it was merged from (0 = off)
 
 # --- optimisation ----------------------------------------------------------------------------
@@ -22,7 +22,7 @@ grad_accum_steps = 1       # micro-batches summed into one optimiser step
 optimizer = "muon"         # "adamw", or "muon": Muon for the blocks' weight matrices, AdamW for the rest
 learning_rate = 3e-3       # peak AdamW learning rate, reached after warmup
 muon_lr = 0.02             # peak Muon learning rate (optimizer = "muon"); same warm-up and decay as learning_rate
-min_lr = 3e-4              # floor the cosine schedule decays to
+min_lr = 0.0               # floor the cosine schedule decays to (0: all the way down)
 warmup_iters = 100         # steps of linear warmup from 0 to learning_rate
 max_iters = 100000         # most optimisation steps; the cosine schedule ends here or when max_minutes runs out
 max_epochs = 18.0          # most passes over the training tokens, as steps; the schedule ends there if that comes first (0 = none)
