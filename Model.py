@@ -2,8 +2,8 @@
 
 Read top to bottom, this file follows one token's journey:
 
-    ids (B, T) ──token + position embedding──▶ x (B, T, E)
-      ──num_layers × Block [LayerNorm → causal self-attention → +x ; LayerNorm → MLP → +x]──▶ (B, T, E)
+    ids (B, T) ──token embedding──▶ x (B, T, E)
+      ──num_layers × Block [LayerNorm → rotary causal self-attention → +x ; LayerNorm → MLP → +x]──▶ (B,T,E)
       ──final LayerNorm → dot product with every token embedding──▶ logits (B, T, V) ──▶ loss / next token
 
 B = batch, T = tokens in the window, E = emb_len, H = num_heads, D = E // H (head size),
@@ -33,7 +33,7 @@ ATTENTION_IMPLS = ("sdpa", "explicit")
 class ModelConfig:
     """The shape of a model: everything needed to rebuild it (stored in every checkpoint)."""
     vocab_size: int
-    block_size: int          # longest window the model can see (learned positions 0..block_size-1)
+    block_size: int          # longest window the model trains on and can see
     emb_len: int
     num_layers: int
     num_heads: int
@@ -103,11 +103,23 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str, dropout
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
+def rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary positions: (B, H, T, D) queries or keys -> the same, turned by positions (T,). Dimension
+    i pairs with i + D/2, a point in a plane turned by position × 10000^(-2i/D) (fast turns for fine
+    position, slow ones for coarse). Why it works: turning q by a·m and k by a·n changes q·k exactly as
+    turning k alone by a·(n - m) would, so attention scores see how far apart tokens are, not where."""
+    half = x.shape[-1] // 2
+    freqs = 10000.0 ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)   # (D/2,)
+    angles = positions.float()[:, None] * freqs[None, :]                                  # (T, D/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]                                                 # (B, H, T, D/2)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, so that generating one more
-    token costs one position's work instead of re-running the whole window. Buffers are
-    (num_layers, B, H, block_size, D), allocated on first use with the keys' dtype and device
-    (so autocast and any device just work). `length` positions are filled."""
+    """Keys and values of every layer for the positions seen so far, so that one more token costs one
+    position's work instead of re-running the whole window. Buffers (num_layers, B, H, block_size, D)
+    are allocated on first use with the keys' dtype and device; `length` positions are filled."""
 
     def __init__(self, config: ModelConfig):
         self.config = config
@@ -117,7 +129,7 @@ class KVCache:
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this layer's new (B, H, T, D) keys/values after the stored ones; return all of them,
-        (B, H, length + T, D). The model calls advance(T) once every layer has stored."""
+        (B, H, length + T, D). The model adds T to length once every layer has stored."""
         if self.keys is None:
             c = self.config
             shape = (c.num_layers, k.shape[0], c.num_heads, c.block_size, c.emb_len // c.num_heads)
@@ -128,17 +140,11 @@ class KVCache:
         self.values[layer, :, :, self.length:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
-    def advance(self, num_positions: int) -> None:
-        self.length += num_positions
-
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep batch rows `rows` (in that order, repeats allowed): beam search follows its beams."""
         if self.keys is not None:
             self.keys = self.keys[:, rows]
             self.values = self.values[:, rows]
-
-    def reset(self) -> None:
-        self.length = 0
 
 
 class CausalSelfAttention(nn.Module):
@@ -160,9 +166,10 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(x.shape[-1], dim=2)                # 3 × (B, T, E)
         return tuple(split_heads(t, self.num_heads) for t in (q, k, v))
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """(B, T, E) -> (B, T, E)."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T, E) at positions (T,) -> (B, T, E)."""
         q, k, v = self.heads(x)                                        # 3 × (B, H, T, D)
+        q, k = rotate(q, positions), rotate(k, positions)              # where each token sits
         if cache is not None:
             k, v = cache.store(self.layer_index, k, v)                 # (B, H, past + T, D)
         y = attend(q, k, v, self.impl, self.dropout, self.training)    # (B, H, T, D)
@@ -183,9 +190,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attention(LN(x)), then x + MLP(LN(x)).
-    Normalising *before* each sublayer keeps the residual stream an untouched sum, which trains
-    stably without warm-up tricks."""
+    """Pre-norm block: x + attention(LN(x)), then x + MLP(LN(x)). Normalising *before* each sublayer
+    keeps the residual stream an untouched sum, which trains stably without warm-up tricks."""
 
     def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()
@@ -194,21 +200,20 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.emb_len)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), positions, cache)
         return x + self.mlp(self.ln2(x))
 
 
 # ─────────────────────────────────────────── the model ───────────────────────────────────────────
 
 class Transformer(nn.Module):
-    """GPT: embeddings, num_layers Blocks, final LayerNorm, output head tied to the token embedding."""
+    """GPT: token embedding, num_layers Blocks, final LayerNorm, output head tied to the embedding."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.emb_len)
-        self.pos_emb = nn.Embedding(config.block_size, config.emb_len)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.emb_len)
@@ -258,12 +263,12 @@ class Transformer(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         positions = torch.arange(start, start + T, device=idx.device)          # (T,)
-        # Each token's vector says what it is plus where it is.
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))             # (B, T, E)
+        # A token's vector says only what it is; attention learns where it is (rotate above).
+        x = self.drop(self.tok_emb(idx))                                       # (B, T, E)
         for block in self.blocks:
-            x = block(x, kv_cache)                                             # (B, T, E)
+            x = block(x, positions, kv_cache)                                  # (B, T, E)
         if kv_cache is not None:
-            kv_cache.advance(T)
+            kv_cache.length += T
         x = self.ln_f(x)
         logits = F.linear(x, self.tok_emb.weight)                              # (B, T, V)
         if targets is None:
@@ -274,21 +279,19 @@ class Transformer(nn.Module):
 
     # ─────────────────────────────────────── generation ───────────────────────────────────────
     #
-    # Context strategy past block_size (same with and without the cache, so use_cache only
-    # changes speed): the model sees a window of the most recent tokens. The window grows one
-    # token per step; when it would exceed block_size, it restarts from the last block_size // 2
-    # tokens. With the cache, a restart re-runs those tokens once (one batched forward) and
-    # generation continues one position per step — amortised, about one extra position per new
-    # token. Every token is therefore predicted from between block_size // 2 and block_size tokens
-    # of context. A prompt longer than block_size starts from its last block_size tokens.
+    # Context strategy past block_size (same with and without the cache, so use_cache only changes
+    # speed): the model sees a window of the most recent tokens. The window grows one token per step;
+    # when it would exceed block_size, it restarts from the last block_size // 2 tokens. With the
+    # cache, a restart re-runs those tokens once (one batched forward), then one position per step —
+    # amortised, about one extra position per new token. Every token is predicted from between
+    # block_size // 2 and block_size tokens of context; a long prompt starts from its last block_size.
 
     @torch.no_grad()
     def generate_plain(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """Generation in its plainest form, for reading: (1, T) prompt -> (1, T + max_new_tokens).
-        Run the model on the last block_size tokens, turn the last position's logits into a
-        distribution, draw one token, append it, repeat. stream() below draws the same tokens while
-        the text fits in block_size (test), re-using a KV cache instead of re-reading the window."""
+        """Generation in its plainest form: (1, T) prompt -> (1, T + max_new_tokens). Run the model on
+        the last block_size tokens, turn the last position's logits into a distribution, draw one
+        token, append it, repeat. stream() draws the same tokens (test), reading a KV cache instead."""
         with self.eval_mode():
             for _ in range(max_new_tokens):
                 logits, _ = self(idx[:, -self.config.block_size:])             # (1, T, V)
@@ -305,8 +308,7 @@ class Transformer(nn.Module):
         temperature 0 is greedy; top_k keeps the k likeliest tokens; top_p keeps the smallest set
         of likeliest tokens whose probability reaches top_p. Sampling draws from `generator` (a CPU
         torch.Generator; sampling runs on the CPU so a seed gives the same draws on any device).
-        Break out of the loop to stop early. Settings are checked now, not at the first token.
-        """
+        Break out of the loop to stop early. Settings are checked now, not at the first token."""
         validation.check_sampling(temperature, top_k, top_p)
         validation.check_prompt(idx, self.config.vocab_size, max_new_tokens)
         return self._stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator, with_logits)
@@ -315,8 +317,7 @@ class Transformer(nn.Module):
         window = _ContextWindow(self, use_cache, prompt_len=idx.shape[1])
         seq = idx                                                              # (1, T + generated)
         for _ in range(max_new_tokens):
-            # Grad mode and eval mode are set per step, not around the yield, so nothing leaks to
-            # the caller while the generator waits.
+            # no_grad and eval mode per step, not around the yield: nothing leaks to the caller meanwhile.
             with torch.no_grad(), self.eval_mode():
                 logits = window.next_logits(seq)                               # (1, V)
                 token = sample_next(logits, temperature, top_k, top_p, generator)[0].item()
@@ -338,8 +339,7 @@ class Transformer(nn.Module):
         A hypothesis scores sum(log p(token)) / n ** length_penalty over its n new tokens, so that
         longer and shorter ones compare fairly (0 = raw sum). With end_token, a beam that emits it
         is finished (kept, with that token) and n may be < max_new_tokens; without, every beam has
-        max_new_tokens tokens. Deterministic: ties go to the lower beam, then the lower token id.
-        """
+        max_new_tokens tokens. Deterministic: ties go to the lower beam, then the lower token id."""
         validation.check_beam_settings(beam_width, length_penalty)
         validation.check_prompt(idx, self.config.vocab_size, max_new_tokens)
         V = self.config.vocab_size
@@ -409,7 +409,7 @@ class _ContextWindow:
         if L - self.start > self.block_size:                   # window full: restart it
             self.start = L - self.keep
             if self.cache is not None:
-                self.cache.reset()
+                self.cache.length = 0                          # forget it; the buffers are reused
         if self.cache is None:
             logits, _ = self.model(seq[:, self.start:])
         else:

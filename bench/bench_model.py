@@ -52,7 +52,7 @@ def matmul_rate(rows: int, emb: int, dtype: torch.dtype, repeats: int) -> float:
 
 def flops_per_token(model: Transformer) -> float:
     c = model.config
-    matmul_weights = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and n != "pos_emb.weight")
+    matmul_weights = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2)
     return 6 * matmul_weights + 12 * c.num_layers * c.block_size * c.emb_len
 
 

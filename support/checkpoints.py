@@ -21,7 +21,7 @@ from Model import ModelConfig, Transformer
 from support.files import atomic_write, remove_stale_temps, write_failure
 from support.settings import UserError
 
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2     # 2: rotary positions (1 had a learned position table)
 
 
 class CheckpointError(Exception):
@@ -76,6 +76,9 @@ def _check_format(ckpt, path: Path) -> None:
                                   f"dict, no model config or tokenizer fingerprint) — this code cannot run "
                                   f"it; train a model with `python init.py` then `python train.py`")
         raise CheckpointError(f"{path}: not a checkpoint of this project (no format_version)")
+    if ckpt["format_version"] == 1:
+        raise CheckpointError(f"{path}: a checkpoint from an older version of this code (learned position "
+                              f"embeddings; the model now uses rotary positions) — retrain with `python train.py --fresh`")
     if ckpt["format_version"] != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format_version {ckpt['format_version']!r}, this code reads "
                               f"{CHECKPOINT_FORMAT_VERSION} — retrain with this version of train.py")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from Model import attention_weights, keep_likeliest
+from Model import attention_weights, keep_likeliest, rotate
 from support.scoring import windows_to_batch
 
 
@@ -85,9 +85,8 @@ def trace(model, idx: torch.Tensor) -> tuple[list[tuple[str, torch.Tensor]], tor
             stages.append((name, inputs[0] if take_input else output))
         return hook
 
-    watched = [(model.tok_emb, record("token embedding")), (model.pos_emb, record("position embedding")),
-               # model.drop receives the sum of the two embeddings: the start of the residual stream x.
-               (model.drop, record("x = token + position embedding")), (model.ln_f, record("final LayerNorm"))]
+    # The token embedding starts the residual stream x (positions enter inside attention, as rotations).
+    watched = [(model.tok_emb, record("x = token embedding")), (model.ln_f, record("final LayerNorm"))]
     for i, block in enumerate(model.blocks):
         watched += [(block.attn, record(f"block {i} attention output")),
                     # ln2 reads the residual stream right after the attention was added to it.
@@ -125,15 +124,15 @@ def trace_lines(model, idx: torch.Tensor, decode_bytes) -> list[str]:
 def attention_maps(model, idx: torch.Tensor) -> torch.Tensor:
     """idx (1, T) -> (num_layers, H, T, T): each head's attention weights, row = query token,
     column = key token. Each block runs as usual; before it runs, its queries and keys are taken
-    from its real input with the model's own pieces (ln1, attn.heads, attention_weights)."""
+    from its real input with the model's own pieces (ln1, attn.heads, rotate, attention_weights)."""
     maps = []
     with model.eval_mode():
         positions = torch.arange(idx.shape[1], device=idx.device)
-        x = model.drop(model.tok_emb(idx) + model.pos_emb(positions))          # (1, T, E)
+        x = model.tok_emb(idx)                                                  # (1, T, E)
         for block in model.blocks:
             q, k, _ = block.attn.heads(block.ln1(x))                            # (1, H, T, D) each
-            maps.append(attention_weights(q, k)[0])                             # (H, T, T)
-            x = block(x)
+            maps.append(attention_weights(rotate(q, positions), rotate(k, positions))[0])  # (H, T, T)
+            x = block(x, positions)
     return torch.stack(maps).float().cpu()
 
 

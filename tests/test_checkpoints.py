@@ -8,13 +8,13 @@ import torch
 from Model import Transformer
 from test_model import tiny_config, tiny_model
 
-from support.checkpoints import (CheckpointError, check_tokenizer_fingerprint, load_checkpoint,
-                                 model_from_checkpoint)
+from support.checkpoints import (CHECKPOINT_FORMAT_VERSION, CheckpointError, check_tokenizer_fingerprint,
+                                 load_checkpoint, model_from_checkpoint)
 
 
 def save_checkpoint(path: Path, net: Transformer, **extra) -> dict:
     """Write a checkpoint in the contract's format; `extra` adds or overrides keys."""
-    ckpt = {"format_version": 1, "kind": "best", "model_config": net.config.to_dict(),
+    ckpt = {"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "best", "model_config": net.config.to_dict(),
             "model": net.state_dict(), "tokenizer_fingerprint": "abc123", "step": 10,
             "val_nats_per_char": None, **extra}
     torch.save(ckpt, path)
@@ -93,8 +93,10 @@ def test_load_checkpoint_refuses_code_executing_pickle_without_running_it(tmp_pa
 def test_load_checkpoint_rejects_other_formats_and_versions(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pth")
     assert_one_line_error_naming(tmp_path / "list.pth", "not a checkpoint of this project")
-    save_checkpoint(tmp_path / "v2.pth", tiny_model(), format_version=2)
-    assert_one_line_error_naming(tmp_path / "v2.pth", "format_version 2")
+    save_checkpoint(tmp_path / "v1.pth", tiny_model(), format_version=1)
+    assert_one_line_error_naming(tmp_path / "v1.pth", "older version of this code")
+    save_checkpoint(tmp_path / "v9.pth", tiny_model(), format_version=9)
+    assert_one_line_error_naming(tmp_path / "v9.pth", "format_version 9")
     torch.save({"model": tiny_model().state_dict()}, tmp_path / "dict.pth")
     assert_one_line_error_naming(tmp_path / "dict.pth", "no format_version")
     save_checkpoint(tmp_path / "cfg.pth", tiny_model(), model_config={"vocab_size": 64})
