@@ -263,7 +263,7 @@ class Transformer(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         positions = torch.arange(start, start + T, device=idx.device)          # (T,)
-        # A token's vector says only what it is; attention learns where it is (rotate above).
+        # A token's vector says only what it is; where it sits enters inside attention (rotate above).
         x = self.drop(self.tok_emb(idx))                                       # (B, T, E)
         for block in self.blocks:
             x = block(x, positions, kv_cache)                                  # (B, T, E)
