@@ -321,6 +321,16 @@ def code_pickle(path: Path, marker: Path, container: str) -> None:
         path.write_bytes(pickle.dumps(payload, protocol=2))
 
 
+def older_version(good: bytes, path: Path) -> None:
+    """The same checkpoint as written before rotary positions: format_version 1, a position table."""
+    import io
+    import torch
+    ckpt = torch.load(io.BytesIO(good), weights_only=True)
+    c = ckpt["model_config"]
+    ckpt["model"]["pos_emb.weight"] = torch.zeros(c["block_size"], c["emb_len"])
+    torch.save({**ckpt, "format_version": 1}, path)
+
+
 BROKEN_CHECKPOINTS = {
     # case: (make the bad file from the good one's bytes, words the error must hold)
     "zero-length": (lambda good, path, marker: path.write_bytes(b""), "empty file"),
@@ -329,6 +339,8 @@ BROKEN_CHECKPOINTS = {
                 "not a PyTorch checkpoint"),
     "code in torch.save pickle": (lambda good, path, marker: code_pickle(path, marker, "torch.save"), "refused"),
     "code in plain pickle": (lambda good, path, marker: code_pickle(path, marker, "pickle"), "refused"),
+    "older version (learned positions)": (lambda good, path, marker: older_version(good, path),
+                                          "older version of this code"),
 }
 
 
