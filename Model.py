@@ -161,15 +161,15 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.emb_len, config.emb_len)
         self.resid_drop = nn.Dropout(config.dropout)
 
-    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, T, E) -> queries, keys, values, each (B, H, T, D)."""
-        q, k, v = self.qkv(x).split(x.shape[-1], dim=2)                # 3 × (B, T, E)
-        return tuple(split_heads(t, self.num_heads) for t in (q, k, v))
+    def heads(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, T, E) at positions (T,) -> queries and keys turned to where each token sits (rotate),
+        and values; each (B, H, T, D)."""
+        q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).split(x.shape[-1], dim=2))
+        return rotate(q, positions), rotate(k, positions), v
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """(B, T, E) at positions (T,) -> (B, T, E)."""
-        q, k, v = self.heads(x)                                        # 3 × (B, H, T, D)
-        q, k = rotate(q, positions), rotate(k, positions)              # where each token sits
+        q, k, v = self.heads(x, positions)                             # 3 × (B, H, T, D)
         if cache is not None:
             k, v = cache.store(self.layer_index, k, v)                 # (B, H, past + T, D)
         y = attend(q, k, v, self.impl, self.dropout, self.training)    # (B, H, T, D)

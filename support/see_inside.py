@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from Model import attention_weights, keep_likeliest, rotate
+from Model import attention_weights, keep_likeliest
 from support.scoring import windows_to_batch
 
 
@@ -124,14 +124,14 @@ def trace_lines(model, idx: torch.Tensor, decode_bytes) -> list[str]:
 def attention_maps(model, idx: torch.Tensor) -> torch.Tensor:
     """idx (1, T) -> (num_layers, H, T, T): each head's attention weights, row = query token,
     column = key token. Each block runs as usual; before it runs, its queries and keys are taken
-    from its real input with the model's own pieces (ln1, attn.heads, rotate, attention_weights)."""
+    from its real input with the model's own pieces (ln1, attn.heads, attention_weights)."""
     maps = []
     with model.eval_mode():
         positions = torch.arange(idx.shape[1], device=idx.device)
         x = model.tok_emb(idx)                                                  # (1, T, E)
         for block in model.blocks:
-            q, k, _ = block.attn.heads(block.ln1(x))                            # (1, H, T, D) each
-            maps.append(attention_weights(rotate(q, positions), rotate(k, positions))[0])  # (H, T, T)
+            q, k, _ = block.attn.heads(block.ln1(x), positions)                 # (1, H, T, D) each
+            maps.append(attention_weights(q, k)[0])                             # (H, T, T)
             x = block(x, positions)
     return torch.stack(maps).float().cpu()
 

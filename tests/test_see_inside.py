@@ -146,7 +146,7 @@ def test_attention_weights_are_the_ones_each_block_uses(tiny):
         with torch.no_grad():
             model(idx)
             for layer, (block, (x, out)) in enumerate(zip(model.blocks, seen)):
-                _, _, v = block.attn.heads(x)                       # (1, H, T, D)
+                _, _, v = block.attn.heads(x, torch.arange(x.shape[1]))   # (1, H, T, D)
                 implied = block.attn.proj(merge_heads(maps[layer][None] @ v))
                 assert torch.allclose(implied, out, atol=1e-5)
     finally:
