@@ -78,10 +78,16 @@ HOLDER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from support.lock import hold_folder
     lock = hold_folder(sys.argv[2], lambda msg: print(msg, file=sys.stderr))
+    def sleep_when_started(started):
+        started.set()           # the fork hooks have run by now
+        time.sleep(600)
     child = 0
     if sys.argv[3] == "fork":
-        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(600,))
+        fork = multiprocessing.get_context("fork")
+        started = fork.Event()
+        worker = fork.Process(target=sleep_when_started, args=(started,))
         worker.start()
+        started.wait(60)        # else, on a busy machine, the parent may be killed before the child ran them
         child = worker.pid
     print("held", child, flush=True)
     time.sleep(600)
