@@ -14,7 +14,7 @@ What happens, in order (each step is a section below):
      random windows (`get_batch`; with bpe_dropout, some merged tokens split into their two parts),
      clips the gradient and takes an optimizer step at the scheduled rate (`learning_rate_at`:
      linear warm-up, then cosine decay to min_lr at max_iters, or sooner when max_epochs passes
-     over the training tokens or max_minutes would end first);
+     over the training tokens or max_minutes would end first); a `teacher` adds `distillation_loss`;
   5. every eval_interval steps (`evaluate_and_save`): validation on fixed windows, one line of
      figures, weights-best.pth when it improved, a row in loss_history.csv, and last
      weights-latest.pth (so a run killed at any moment resumes and redoes the rest exactly);
@@ -43,14 +43,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from Model import ModelConfig, Transformer
 from support import settings, time_budget
 from support.bpe_dropout import merge_parts, split_tokens
 from support.checkpoints import (BEST, LATEST, CheckpointError, best_checkpoint, check_writable, latest_checkpoint,
-                                 load_resume_state, own_rng_state, remove_leftover_temps, restore_training_state,
-                                 save_atomic)
+                                 load_resume_state, load_teacher, own_rng_state, remove_leftover_temps,
+                                 restore_training_state, save_atomic)
 from support.devices import DTYPES, autocast, choose_dtype
 from support.distributed import (Processes, all_reduce_sum, barrier, end_processes, gather, gradient_sync,
                                  launched_rank, model_for_training, start_processes)
@@ -73,7 +74,7 @@ NEEDED_PARAMS = {"vocab_size": int, "block_size": int, "emb_len": int, "num_laye
                  "min_lr": float, "warmup_iters": int, "max_iters": int, "max_epochs": float, "max_minutes": float,
                  "weight_decay": float, "grad_clip": float, "eval_interval": int, "eval_windows": int,
                  "final_eval_tokens": int, "optimizer": str, "muon_lr": float, "adam_eps": float, "ema_decay": float,
-                 "bpe_dropout": float}
+                 "bpe_dropout": float, "teacher": str, "distill_weight": float}
 
 
 # ───────────────────────────────────────── 1. settings ───────────────────────────────────────────
@@ -121,22 +122,13 @@ def parse_settings(argv) -> argparse.Namespace:
         if launched_rank() == 0:
             print("note: --max-iters is now --stop-at-step", file=sys.stderr)
         cfg.stop_at = cfg.old_stop_at if cfg.stop_at is None else cfg.stop_at
-    at_least = {"block_size": 1, "emb_len": 1, "num_layers": 1, "num_heads": 1, "batch_size": 1, "eval_windows": 1,
-                "grad_accum_steps": 1, "eval_interval": 1, "max_iters": 0, "warmup_iters": 0, "final_eval_tokens": 0}
-    for name, low in at_least.items():
-        if getattr(cfg, name) < low:
-            raise UserError(f"--{name} must be at least {low}, got {getattr(cfg, name)}")
-    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_minutes", "max_epochs"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"--{name} must not be negative, got {getattr(cfg, name)}")
+    settings.check_ranges(cfg, above_zero=("learning_rate", "muon_lr", "adam_eps"),
+                          at_least=dict(block_size=1, emb_len=1, num_layers=1, num_heads=1, batch_size=1, eval_windows=1,
+                                        grad_accum_steps=1, eval_interval=1, max_iters=0, warmup_iters=0, final_eval_tokens=0),
+                          not_negative=("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_minutes", "max_epochs"),
+                          fractions=("dropout", "ema_decay", "bpe_dropout"), weights=("distill_weight",))
     if cfg.optimizer not in OPTIMIZERS:
         raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
-    for name in ("learning_rate", "muon_lr", "adam_eps"):
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"--{name} must be above 0, got {getattr(cfg, name)}")
-    for name in ("dropout", "ema_decay", "bpe_dropout"):
-        if not 0 <= getattr(cfg, name) < 1:
-            raise UserError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
     if cfg.emb_len % cfg.num_heads:
         raise UserError(f"--emb_len ({cfg.emb_len}) must be divisible by --num_heads ({cfg.num_heads})")
     for flag, value in (("--stop-at-step", cfg.stop_at), ("--workers", cfg.workers)):
@@ -200,6 +192,7 @@ class Run:
     folder_lock: object = None       # held while the run lives (rank 0): see support/lock.py
     average: WeightAverage | None = None   # the weights' moving average (ema_decay > 0): evaluated, saved as best
     merge_parts: torch.Tensor | None = None  # (V, 2) the two tokens each token was merged from (bpe_dropout)
+    teacher: Transformer | None = None     # a trained model to learn from too; frozen, so it adds no graph
 
     @property
     def end_step(self) -> int:       # where the loop stops: --stop-at-step, else the schedule's end
@@ -224,6 +217,7 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
     if (weights_dir / LATEST).exists() and not cfg.fresh:
         resumed = load_resume_state(weights_dir / LATEST, config, tokenizer.fingerprint(), cfg.tokenizer_dir,
                                     data_fp, cfg.input, cfg.optimizer)
+    teacher = load_teacher(cfg.teacher, tokenizer.fingerprint(), cfg.block_size, device) if cfg.teacher else None
     train_ids, val_ids = split_ids(load_token_ids(input_path, data_fp, tokenizer, procs, say, cfg.workers),
                                    cfg.block_size, input_path)
     cfg.max_iters = time_budget.last_step(cfg, len(train_ids), procs.world_size)   # max_iters or max_epochs
@@ -248,7 +242,7 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
                "final": final_windows(len(val_ids), cfg.block_size, cfg.final_eval_tokens)}
     run = Run(cfg, procs, device, say, tokenizer, data_fp, train_ids, val_ids, chars_per_token(tokenizer), model,
               optimizer, scaler, amp_dtype, batch_gen, budget, windows, resumed, weights_dir, horizon=cfg.max_iters,
-              folder_lock=folder_lock)
+              folder_lock=folder_lock, teacher=teacher)
     if resumed is not None:
         restore_training_state(resumed, model, optimizer, scaler, batch_gen, procs.rank, procs.world_size,
                                device, cfg.seed, cfg.dropout, say)
@@ -310,6 +304,17 @@ def evaluate(run: Run, windows: list[tuple[int, int, int]], progress: str | None
                              run.cfg.batch_size, run.procs, progress)
 
 
+def distillation_loss(text_loss: torch.Tensor, logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      weight: float) -> torch.Tensor:
+    """Knowledge distillation: (1 - weight) × the cross-entropy with the text, plus weight × KL(teacher ‖ model),
+    how far the model's predicted distribution is from the teacher's, averaged over positions. The
+    teacher's whole distribution says which other tokens were plausible too. logits: (B, T, V) each."""
+    log_p = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)           # (B·T, V) the model's
+    log_q = F.log_softmax(teacher_logits.float(), dim=-1).flatten(0, 1)   # (B·T, V) the teacher's
+    kl = F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")   # Σ q (log q - log p) / (B·T)
+    return (1 - weight) * text_loss + weight * kl
+
+
 class LossNotFinite(Exception):
     """Training diverged: the loss or gradient became NaN or infinite."""
 
@@ -334,9 +339,11 @@ def train(run: Run) -> int:
                 for micro, (x, y) in enumerate(get_batch(run.train_ids, cfg, run.procs, run.batch_gen, run.device, run.merge_parts)):
                     with gradient_sync(train_model, run.procs, micro == cfg.grad_accum_steps - 1):
                         with autocast(run.device, run.amp_dtype):
-                            _, loss = train_model(x, y)              # mean cross-entropy over (B, T)
+                            logits, loss = train_model(x, y)         # mean cross-entropy over (B, T)
+                            objective = loss if run.teacher is None else distillation_loss(
+                                loss, logits, run.teacher(x)[0], cfg.distill_weight)
                         # Dividing by the micro-step count makes the summed gradients a mean.
-                        scaler.scale(loss / cfg.grad_accum_steps).backward()
+                        scaler.scale(objective / cfg.grad_accum_steps).backward()
                     step_loss += loss.item() / cfg.grad_accum_steps
                 scaler.unscale_(optimizer)                           # float16: the true gradients, to clip
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf).item()

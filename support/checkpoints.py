@@ -130,6 +130,22 @@ def check_tokenizer_fingerprint(ckpt: dict, tokenizer_fingerprint: str, path) ->
                               f"with, or retrain with `python train.py`")
 
 
+def load_teacher(path, tokenizer_fingerprint: str, block_size: int, device) -> Transformer:
+    """train.py's `teacher`: a trained model whose predictions a new model learns from (any file
+    run.py could use, made with the same tokenizer, seeing at least block_size tokens). Frozen, in
+    eval mode. A problem is one UserError line naming the file."""
+    try:
+        ckpt = load_checkpoint(path)
+        check_tokenizer_fingerprint(ckpt, tokenizer_fingerprint, path)
+        teacher = model_from_checkpoint(ckpt, device, path)
+    except CheckpointError as e:
+        raise UserError(f"teacher {e}") from None
+    if teacher.config.block_size < block_size:
+        raise UserError(f"teacher {path}: sees {teacher.config.block_size} tokens, fewer than --block_size "
+                        f"{block_size} — use a smaller --block_size or another teacher")
+    return teacher.requires_grad_(False)
+
+
 # ─────────────────────────────── train.py's resume state ───────────────────────────────
 # weights-latest.pth holds everything an exact resume needs; weights-best.pth only what run.py
 # needs. Both are dicts of plain values and tensors, written whole or not at all.

@@ -49,6 +49,9 @@ def describe(run, train_config: dict) -> None:
     say(f"optimizer: Muon (peak lr {cfg.muon_lr:g}) for the blocks' matrices, AdamW (peak lr "
         f"{cfg.learning_rate:g}) for the rest" if cfg.optimizer == "muon" else
         f"optimizer: AdamW (peak lr {cfg.learning_rate:g})")
+    if run.teacher is not None:
+        say(f"teacher: {cfg.teacher} ({run.teacher.num_params():,} parameters); loss = "
+            f"{1 - cfg.distill_weight:g} × cross-entropy + {cfg.distill_weight:g} × KL(teacher ‖ model)")
     if run.resumed is not None:
         best = f", best val {run.best_val:.4f} nats/char" if run.best_val is not None else ""
         say(f"resuming from {run.weights_dir / LATEST} at step {run.step}{best}")

@@ -113,3 +113,23 @@ def checked(kind: type, is_ok=None, what: str | None = None):
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def check_ranges(cfg, at_least: dict, not_negative=(), above_zero=(), fractions=(), weights=()) -> None:
+    """One UserError line for the first setting out of its range: at_least {name: lowest value},
+    not_negative (>= 0), above_zero (> 0), fractions (in [0, 1)), weights (in [0, 1])."""
+    for name, low in at_least.items():
+        if getattr(cfg, name) < low:
+            raise UserError(f"--{name} must be at least {low}, got {getattr(cfg, name)}")
+    for name in not_negative:
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name} must not be negative, got {getattr(cfg, name)}")
+    for name in above_zero:
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"--{name} must be above 0, got {getattr(cfg, name)}")
+    for name in fractions:
+        if not 0 <= getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
+    for name in weights:
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise UserError(f"--{name} must be in [0, 1], got {getattr(cfg, name)}")

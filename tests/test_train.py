@@ -140,13 +140,16 @@ def test_rerun_after_the_end_has_nothing_to_do(tiny_trained, capsys, tmp_path):
 
 # ──────────────────────────────────────── exact resume ────────────────────────────────────────
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained, tmp_path, capsys, optimizer):
+@pytest.mark.parametrize("optimizer, teacher", [("adamw", False), ("muon", False), ("adamw", True)])
+def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained, tmp_path, capsys, optimizer,
+                                                                  teacher):
     # Dropout, BPE-dropout and gradient accumulation on, so the dropout generator and the batch
     # generator (windows and split coins) both have to come back exactly; with Muon, both optimizers'
-    # states too.
+    # states too; with a teacher, its predictions in the loss.
     flags = (*SMALL, "--max_iters", "12", "--eval_interval", "5", "--dropout", "0.1", "--bpe_dropout", "0.2",
-             "--grad_accum_steps", "2", "--seed", "5", "--optimizer", optimizer)
+             "--grad_accum_steps", "2", "--seed", "5", "--optimizer", optimizer,
+             *(("--teacher", tiny_trained["weights_dir"] / "weights-best.pth", "--distill_weight", "0.5")
+               if teacher else ()))
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert call_main(capsys, *paths(tiny_trained, whole), *flags)[0] == 0
     code, err = call_main(capsys, *paths(tiny_trained, parts), *flags, "--stop-at-step", "7")
@@ -468,6 +471,66 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[60] == pytest.approx(5.5e-4) and lrs[110] == lrs[119] == pytest.approx(1e-4)
+
+
+# ───────────────────────────────────── learning from a teacher ─────────────────────────────────────
+
+def test_distillation_loss_mixes_cross_entropy_with_kl_to_the_teacher():
+    torch.manual_seed(0)
+    logits, teacher_logits = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    text_loss = torch.tensor(1.7)
+    assert train.distillation_loss(text_loss, logits, teacher_logits, 0.0).item() == pytest.approx(1.7)
+    assert train.distillation_loss(text_loss, logits, logits, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    q, p = teacher_logits.softmax(-1), logits.softmax(-1)
+    kl = (q * (q.log() - p.log())).sum(-1).mean().item()            # per position, averaged over the 6
+    assert kl > 0
+    assert train.distillation_loss(text_loss, logits, teacher_logits, 0.25).item() == pytest.approx(
+        0.75 * 1.7 + 0.25 * kl, rel=1e-5)
+
+
+def kl_to(teacher, student, tiny) -> float:
+    """Mean KL(teacher ‖ student) per position over the tiny text's windows."""
+    ids = np.array(Tokenizer.load(tiny["tokenizer_dir"]).encode(tiny["input"].read_text(encoding="utf-8")))
+    x = torch.from_numpy(ids[np.arange(0, len(ids) - 17, 16)[:, None] + np.arange(16)].astype(np.int64))
+    with torch.no_grad():
+        return train.distillation_loss(torch.tensor(0.0), student(x)[0], teacher(x)[0], 1.0).item()
+
+
+def test_a_teacher_pulls_the_model_toward_its_predictions(tiny_trained, tmp_path, capsys):
+    # A teacher that learned another text (each line's words reversed), with the same tokenizer.
+    other_text = tmp_path / "reversed.txt"
+    other_text.write_text("".join(" ".join(line.split()[::-1]) + "\n" for line in TINY_TEXT.splitlines()),
+                          encoding="utf-8")
+    short = (*SMALL, "--max_iters", "40", "--eval_interval", "40", "--learning_rate", "1e-2", "--dropout", "0")
+    assert call_main(capsys, *paths(tiny_trained, tmp_path / "teacher", input=other_text), *short)[0] == 0
+    teacher_path = tmp_path / "teacher" / "weights-best.pth"
+    students = {}
+    for weight in ("0", "1"):
+        code, err = call_main(capsys, *paths(tiny_trained, tmp_path / weight), *short, "--seed", "3",
+                              "--teacher", teacher_path, "--distill_weight", weight)
+        assert code == 0, err
+        assert f"teacher: {teacher_path}" in err
+        ckpt = load_checkpoint(tmp_path / weight / "weights-latest.pth")
+        assert ckpt["train_config"]["teacher"] == str(teacher_path)
+        students[weight] = model_from_checkpoint(ckpt, torch.device("cpu"))
+    teacher = model_from_checkpoint(load_checkpoint(teacher_path), torch.device("cpu"))
+    # Trained only on the teacher's predictions (weight 1), the model predicts the tiny text as the
+    # teacher does; trained only on the text (weight 0), the same steps from the same start, it does not.
+    assert kl_to(teacher, students["1"], tiny_trained) < 0.5 * kl_to(teacher, students["0"], tiny_trained)
+
+
+@pytest.mark.parametrize("teacher, flags, fragment", [
+    ("missing.pth", (), "no such checkpoint"),
+    (None, ("--block_size", "32"), "sees 16 tokens, fewer than --block_size 32"),
+    (None, ("--distill_weight", "1.5"), "--distill_weight must be in [0, 1]"),
+])
+def test_a_teacher_that_cannot_be_used_is_one_line_before_anything_is_written(
+        tiny_trained, tmp_path, capsys, teacher, flags, fragment):
+    teacher = tmp_path / teacher if teacher else tiny_trained["weights_dir"] / "weights-best.pth"
+    code, err = call_main(capsys, *paths(tiny_trained, tmp_path / "w"), *SMALL, "--max_iters", "2",
+                          "--teacher", teacher, *flags)
+    assert_one_error_line(code, err, fragment)
+    assert not list((tmp_path / "w").glob("*.pth"))
 
 
 # ─────────────────────────────────────── torchrun (DDP) ───────────────────────────────────────
