@@ -217,7 +217,7 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
     if (weights_dir / LATEST).exists() and not cfg.fresh:
         resumed = load_resume_state(weights_dir / LATEST, config, tokenizer.fingerprint(), cfg.tokenizer_dir,
                                     data_fp, cfg.input, cfg.optimizer)
-    teacher = load_teacher(cfg.teacher, tokenizer.fingerprint(), cfg.block_size, device) if cfg.teacher else None
+    teacher = load_teacher(cfg.teacher, tokenizer.fingerprint(), cfg.block_size, weights_dir, device) if cfg.teacher else None
     train_ids, val_ids = split_ids(load_token_ids(input_path, data_fp, tokenizer, procs, say, cfg.workers),
                                    cfg.block_size, input_path)
     cfg.max_iters = time_budget.last_step(cfg, len(train_ids), procs.world_size)   # max_iters or max_epochs

@@ -130,10 +130,13 @@ def check_tokenizer_fingerprint(ckpt: dict, tokenizer_fingerprint: str, path) ->
                               f"with, or retrain with `python train.py`")
 
 
-def load_teacher(path, tokenizer_fingerprint: str, block_size: int, device) -> Transformer:
+def load_teacher(path, tokenizer_fingerprint: str, block_size: int, weights_dir: Path, device) -> Transformer:
     """train.py's `teacher`: a trained model whose predictions a new model learns from (any file
-    run.py could use, made with the same tokenizer, seeing at least block_size tokens). Frozen, in
-    eval mode. A problem is one UserError line naming the file."""
+    run.py could use, made with the same tokenizer, seeing at least block_size tokens, and not one
+    this run will overwrite). Frozen, in eval mode. A problem is one UserError line naming the file."""
+    if Path(path).resolve() in ((weights_dir / BEST).resolve(), (weights_dir / LATEST).resolve()):
+        raise UserError(f"teacher {path} is in --weights-dir {weights_dir}, where this run writes its own "
+                        f"checkpoints — pass another --weights-dir for the new model")
     try:
         ckpt = load_checkpoint(path)
         check_tokenizer_fingerprint(ckpt, tokenizer_fingerprint, path)

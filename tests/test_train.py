@@ -523,6 +523,7 @@ def test_a_teacher_pulls_the_model_toward_its_predictions(tiny_trained, tmp_path
     ("missing.pth", (), "no such checkpoint"),
     (None, ("--block_size", "32"), "sees 16 tokens, fewer than --block_size 32"),
     (None, ("--distill_weight", "1.5"), "--distill_weight must be in [0, 1]"),
+    ("w/weights-best.pth", (), "where this run writes its own checkpoints"),
 ])
 def test_a_teacher_that_cannot_be_used_is_one_line_before_anything_is_written(
         tiny_trained, tmp_path, capsys, teacher, flags, fragment):
