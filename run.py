@@ -157,7 +157,7 @@ class Loaded:
 
 
 def load(args, params, weights: Path, why: str) -> Loaded:
-    from support.checkpoints import check_tokenizer_fingerprint, load_checkpoint, model_from_checkpoint
+    from support.checkpoints import load_trained_model
     from support.devices import pick_device
     from tokenizer import Tokenizer
     try:
@@ -165,9 +165,7 @@ def load(args, params, weights: Path, why: str) -> Loaded:
     except ValueError as e:
         raise UserError(str(e)) from None
     tokenizer = Tokenizer.load(args.tokenizer_dir)
-    ckpt = load_checkpoint(weights)
-    check_tokenizer_fingerprint(ckpt, tokenizer.fingerprint(), weights)
-    model = model_from_checkpoint(ckpt, device, weights)
+    model, ckpt = load_trained_model(weights, tokenizer.fingerprint(), device)
     # Which file, why, what it holds; and what an edited Model_Params.py no longer matches.
     print("\n".join(describe_loaded(weights, why, model, ckpt, device, params)), file=sys.stderr)
     return Loaded(model, tokenizer, device)

@@ -130,6 +130,14 @@ def check_tokenizer_fingerprint(ckpt: dict, tokenizer_fingerprint: str, path) ->
                               f"with, or retrain with `python train.py`")
 
 
+def load_trained_model(path, tokenizer_fingerprint: str, device) -> tuple[Transformer, dict]:
+    """A checkpoint made with this tokenizer -> (its model in eval mode on device, the checkpoint).
+    What run.py runs and train.py's teacher is; problems raise CheckpointError naming the file."""
+    ckpt = load_checkpoint(path)
+    check_tokenizer_fingerprint(ckpt, tokenizer_fingerprint, path)
+    return model_from_checkpoint(ckpt, device, path), ckpt
+
+
 def load_teacher(path, tokenizer_fingerprint: str, block_size: int, weights_dir: Path, device) -> Transformer:
     """train.py's `teacher`: a trained model whose predictions a new model learns from (any file
     run.py could use, made with the same tokenizer, seeing at least block_size tokens, and not one
@@ -138,9 +146,7 @@ def load_teacher(path, tokenizer_fingerprint: str, block_size: int, weights_dir:
         raise UserError(f"teacher {path} is in --weights-dir {weights_dir}, where this run writes its own "
                         f"checkpoints — pass another --weights-dir for the new model")
     try:
-        ckpt = load_checkpoint(path)
-        check_tokenizer_fingerprint(ckpt, tokenizer_fingerprint, path)
-        teacher = model_from_checkpoint(ckpt, device, path)
+        teacher, _ = load_trained_model(path, tokenizer_fingerprint, device)
     except CheckpointError as e:
         raise UserError(f"teacher {e}") from None
     if teacher.config.block_size < block_size:
