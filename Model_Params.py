@@ -31,7 +31,7 @@ weight_decay = 0.4         # decoupled decay of 2-D weight matrices (AdamW's, an
 adam_eps = 1e-4            # AdamW's ε: gradients far below it barely move a weight (see support/optim.py)
 grad_clip = 1.0            # clip the global gradient norm to this (0 disables)
 ema_decay = 0.0            # > 0: evaluate and save a moving average of the weights, e.g. 0.998 (0 = off)
-teacher = ""               # a trained model's .pth to learn from as well as from the text (knowledge distillation; "" = off)
+teacher = "first"          # learn from a teacher too (distillation): "first" = train one with these settings first; a .pth; "" = off
 distill_weight = 0.5       # with a teacher: loss = (1 - w) × cross-entropy with the text + w × KL(teacher ‖ model)
 eval_interval = 200        # steps between validation evaluations (and checkpoints)
 eval_windows = 200         # fixed validation windows scored at each evaluation

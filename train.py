@@ -6,20 +6,20 @@
 
 What happens, in order (each step is a section below):
   1. settings: Model_Params.py, then `--<name> VALUE` overrides (type-checked), then run flags;
-  2. data: the input is tokenized once and the ids cached beside it (.cache/), then split 90/10
-     by position into training and validation tokens;
+  2. data: the input, tokenized once (the ids cached in .cache/), split 90/10 by position: training, validation;
   3. model and optimizer: a fresh Transformer and AdamW (or Muon), or the state weights-latest.pth
      holds (exact resume: weights, optimizer, step, every random-number generator);
   4. the loop (`train`): each step averages the loss over batch_size × grad_accum_steps × processes
-     random windows (`get_batch`; with bpe_dropout, some merged tokens split into their two parts),
-     clips the gradient and takes an optimizer step at the scheduled rate (`learning_rate_at`:
-     linear warm-up, then cosine decay to min_lr at max_iters, or sooner when max_epochs passes
-     over the training tokens or max_minutes would end first); a `teacher` adds `distillation_loss`;
+     random windows (`get_batch`; bpe_dropout splits some merged tokens into their two parts), clips
+     the gradient and steps the optimizer at the scheduled rate (`learning_rate_at`: linear warm-up,
+     then cosine decay to min_lr at max_iters, or sooner for max_epochs passes or max_minutes);
   5. every eval_interval steps (`evaluate_and_save`): validation on fixed windows, one line of
      figures, weights-best.pth when it improved, a row in loss_history.csv, and last
      weights-latest.pth (so a run killed at any moment resumes and redoes the rest exactly);
   6. at the end (max_iters, --stop-at-step, or the max_minutes budget): a last checkpoint and the
      final evaluation, over the validation split (at most final_eval_tokens of it).
+By default (teacher = "first": `train_teacher_first`) 3-6 happen twice: a teacher with these settings,
+then the model, learning from the text and from the teacher's predictions (`distillation_loss`).
 
 Everything printed goes to stderr; stdout stays empty. The machinery (token cache, checkpoints and
 exact resume, torchrun, time budget, history, Ctrl-C) lives in support/, each one call away.
@@ -58,9 +58,9 @@ from support.distributed import (Processes, all_reduce_sum, barrier, end_process
 from support.history import record, start_history, unfinished_final_evaluation
 from support.ema import WeightAverage, averaged
 from support.lock import hold_folder
-from support.optim import OPTIMIZERS, configure_optimizer
+from support.optim import OPTIMIZERS, configure_optimizer, set_learning_rate
 from support.scoring import EvalResult, chars_per_token, final_windows, fixed_windows, score_windows, windows_to_batch
-from support.settings import Parser, UserError, checked, load_params
+from support.settings import Parser, UserError, load_params
 from support.report import describe, progress_bar, show_progress
 from support.stopping import StopRequest
 from support.id_cache import data_fingerprint, load_token_ids
@@ -88,27 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="train.py", allow_abbrev=False,
                     description="Train the transformer on a text file. Rerunning resumes exactly from "
                                 "weights-latest.pth; everything printed goes to stderr.")
-    run = parser.add_argument_group("run")
-    run.add_argument("--input", default=str(REPO / "Train_Data" / "input.txt"),
-                     help="UTF-8 text to train on (default: Train_Data/input.txt)")
-    run.add_argument("--tokenizer-dir", default=str(REPO / "tokenizer_save"),
-                     help="tokenizer written by init.py (default: tokenizer_save/)")
-    run.add_argument("--weights-dir", default=str(REPO / "Saved_Weights"),
-                     help="where checkpoints, loss_history.csv and loss.png go (default: Saved_Weights/)")
-    run.add_argument("--stop-at-step", dest="stop_at", type=checked(int), default=None, metavar="N",
-                     help="stop when the step count reaches N; the schedule still ends at --max_iters, "
-                          "so a later run continues seamlessly")
-    run.add_argument("--max-iters", dest="old_stop_at", type=checked(int), help=argparse.SUPPRESS)
-    run.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    run.add_argument("--dtype", default="auto", choices=DTYPES,
-                     help="autocast precision; auto = bfloat16 where supported, float16 on older GPUs "
-                          "(with a gradient scaler); weights stay float32 either way")
-    run.add_argument("--seed", type=checked(int), default=1337, help="random seed (default: 1337)")
-    run.add_argument("--fresh", action="store_true", help="start from step 0, ignoring (and in time replacing) "
-                                                          "the checkpoints in --weights-dir")
-    run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
-    run.add_argument("--workers", type=checked(int), default=None, metavar="N",
-                     help="processes that tokenize the input when its ids are not cached yet (default: all cores)")
+    settings.add_run_options(parser, REPO, DTYPES)
     # --max-minutes reads better on a command line; it is the same setting as --max_minutes.
     settings.add_param_options(parser, load_params(NEEDED_PARAMS), param_defaults(), {"max_minutes": "--max-minutes"})
     return parser
@@ -236,7 +216,7 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
     # float16 has too few exponent bits for small gradients: scale the loss up, unscale before
     # the step (skipping steps whose gradients overflowed). bfloat16 needs none of this.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    budget = time_budget.TimeBudget(cfg.max_minutes, resumed.get("minutes", 0.0) if resumed else 0.0, started,
+    budget = time_budget.TimeBudget(cfg.max_minutes, resumed.get("minutes", 0.0) if resumed else cfg.minutes_before, started,
                                     cfg.max_iters, procs, device)
     windows = {"eval": fixed_windows(len(val_ids), cfg.block_size, cfg.eval_windows),
                "final": final_windows(len(val_ids), cfg.block_size, cfg.final_eval_tokens)}
@@ -263,14 +243,6 @@ def learning_rate_at(step: int, cfg, horizon: int | None = None) -> float:
     span = (cfg.max_iters if horizon is None else horizon) - cfg.warmup_iters
     progress = min(1.0, (step - cfg.warmup_iters) / span) if span > 0 else 1.0
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def set_learning_rate(optimizer, lr: float, cfg) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    if cfg.optimizer == "muon":      # Muon's rate follows the same schedule, scaled to its peak
-        for group in optimizer.muon.param_groups:
-            group["lr"] = lr * cfg.muon_lr / cfg.learning_rate
 
 
 # ─────────────────────────────────────────── batches ─────────────────────────────────────────────
@@ -472,6 +444,36 @@ def finish(run: Run, stopped_by: str | None, signum: int | None, train_loss: flo
     return 0
 
 
+def train_stage(cfg, procs: Processes, device, say, started: float, heading: str = "") -> tuple[int, Run, bool]:
+    """start_run, then the loop if anything is left to train. -> (exit code, the run, whether it trained)."""
+    run = start_run(cfg, procs, device, say, started)       # first: a mistake in the settings stays one line
+    describe(run, train_config(cfg, procs.world_size), heading)
+    if procs.is_main:
+        remove_leftover_temps(run.weights_dir, say)
+    trains = ready_to_train(run)
+    return (train(run) if trains else 0), run, trains
+
+
+TEACHER_FIRST, TEACHER_SHARE = "first", 0.4     # teacher = "first": the teacher's share of max_minutes at most
+
+
+def train_teacher_first(cfg, procs: Processes, device, say, started: float) -> int:
+    """teacher = "first" (born-again distillation): a teacher with these same settings trains in
+    WEIGHTS_DIR/teacher/ on at most TEACHER_SHARE of max_minutes, then this model learns from the text
+    and its predictions in the minutes left. A rerun resumes either stage; a retrained teacher gets a fresh student."""
+    teacher_dir = Path(cfg.weights_dir) / "teacher"
+    first = argparse.Namespace(**{**vars(cfg), "teacher": "", "weights_dir": str(teacher_dir),
+                                  "max_minutes": cfg.max_minutes * TEACHER_SHARE})
+    code, teacher_run, teacher_trained = train_stage(first, procs, device, say, started,
+                                                     f"stage 1 of 2: a teacher with these settings, in {teacher_dir}")
+    if code:                         # Ctrl-C: the student waits for a rerun
+        return code
+    second = argparse.Namespace(**{**vars(cfg), "teacher": str(teacher_dir / BEST), "fresh": cfg.fresh or teacher_trained,
+                                   "minutes_before": teacher_run.budget.minutes_so_far()})   # the budget is shared
+    return train_stage(second, procs, device, say, time_budget.clock(),
+                       f"stage 2 of 2: this model, learning from the text and from {teacher_dir / BEST}")[0]
+
+
 def main(argv=None) -> int:
     started = time_budget.clock()    # the budget counts from here: tokenizing and setting up use it too
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -479,11 +481,9 @@ def main(argv=None) -> int:
         cfg = parse_settings(argv)
         procs, device = start_processes(cfg.device)
         say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if procs.is_main else (lambda msg: None)
-        run = start_run(cfg, procs, device, say, started)
-        describe(run, train_config(cfg, procs.world_size))
-        if procs.is_main:
-            remove_leftover_temps(run.weights_dir, say)
-        return train(run) if ready_to_train(run) else 0
+        if cfg.teacher == TEACHER_FIRST:
+            return train_teacher_first(cfg, procs, device, say, started)
+        return train_stage(cfg, procs, device, say, started)[0]
     except (UserError, TokenizerError, CheckpointError) as e:
         if launched_rank() == 0:     # under torchrun every process hits the same mistake: say it once
             print(f"error: {e}", file=sys.stderr)

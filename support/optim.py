@@ -60,6 +60,16 @@ def adamw(params: list, learning_rate: float, weight_decay: float,
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
 
 
+def set_learning_rate(optimizer, lr: float, cfg) -> None:
+    """Every parameter group's rate to lr, the schedule's value for this step (AdamW's scale); with
+    Muon, Muon's groups follow the same schedule scaled to its own peak, muon_lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if cfg.optimizer == "muon":
+        for group in optimizer.muon.param_groups:
+            group["lr"] = lr * cfg.muon_lr / cfg.learning_rate
+
+
 class MuonWithAdamW:
     """Muon for the blocks' weight matrices and AdamW for the rest, driven as one optimizer: one
     step, one zero_grad, one state_dict (what a checkpoint saves and resume restores)."""

@@ -28,9 +28,12 @@ def show_progress(bar: tqdm, run, loss: float, lr: float) -> None:
         bar.set_postfix_str(f"loss {loss:.3f}, lr {lr:.2e}, {tokens_per_s:,.0f} tok/s", refresh=False)
 
 
-def describe(run, train_config: dict) -> None:
-    """run: train.py's Run, about to train; train_config: the settings its checkpoints record."""
+def describe(run, train_config: dict, heading: str = "") -> None:
+    """run: train.py's Run, about to train; train_config: the settings its checkpoints record;
+    heading: a first line, if any (which stage of a run in two this is)."""
     cfg, say, procs = run.cfg, run.say, run.procs
+    if heading:
+        say(heading)
     precision = (f"autocast {str(run.amp_dtype).removeprefix('torch.')} (float32 master weights)"
                  if run.amp_dtype else "float32")
     say(f"device {run.device}, {precision}, {procs.world_size} process(es){', compiled' if cfg.compile else ''}")

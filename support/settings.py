@@ -133,3 +133,30 @@ def check_ranges(cfg, at_least: dict, not_negative=(), above_zero=(), fractions=
     for name in weights:
         if not 0 <= getattr(cfg, name) <= 1:
             raise UserError(f"--{name} must be in [0, 1], got {getattr(cfg, name)}")
+
+
+def add_run_options(parser: argparse.ArgumentParser, repo, dtypes) -> None:
+    """train.py's own options, beside the Model_Params ones: what to read and write, and how to run
+    (repo: the project folder, holding the default paths; dtypes: the --dtype choices)."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--input", default=str(repo / "Train_Data" / "input.txt"),
+                     help="UTF-8 text to train on (default: Train_Data/input.txt)")
+    run.add_argument("--tokenizer-dir", default=str(repo / "tokenizer_save"),
+                     help="tokenizer written by init.py (default: tokenizer_save/)")
+    run.add_argument("--weights-dir", default=str(repo / "Saved_Weights"),
+                     help="where checkpoints, loss_history.csv and loss.png go (default: Saved_Weights/)")
+    run.add_argument("--stop-at-step", dest="stop_at", type=checked(int), default=None, metavar="N",
+                     help="stop when the step count reaches N; the schedule still ends at --max_iters, "
+                          "so a later run continues seamlessly")
+    run.add_argument("--max-iters", dest="old_stop_at", type=checked(int), help=argparse.SUPPRESS)
+    run.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    run.add_argument("--dtype", default="auto", choices=dtypes,
+                     help="autocast precision; auto = bfloat16 where supported, float16 on older GPUs "
+                          "(with a gradient scaler); weights stay float32 either way")
+    run.add_argument("--seed", type=checked(int), default=1337, help="random seed (default: 1337)")
+    run.add_argument("--fresh", action="store_true", help="start from step 0, ignoring (and in time replacing) "
+                                                          "the checkpoints in --weights-dir")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    run.add_argument("--workers", type=checked(int), default=None, metavar="N",
+                     help="processes that tokenize the input when its ids are not cached yet (default: all cores)")
+    parser.set_defaults(minutes_before=0.0)     # a fresh run's minutes already spent (a teacher trained first)

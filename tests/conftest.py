@@ -26,14 +26,14 @@ TINY_TEXT = "".join(f"the quick brown fox {i % 7} jumps over the lazy dog; café
                     for i in range(300))
 TINY_VOCAB = 300
 # 2 layers, 32 wide, 16-token context: 60 steps take about a second on one CPU core and leave a
-# model that has all but memorised the text (val loss ~0.2 nats/token). The optimizer (AdamW, its ε)
-# and the length (60 steps, no max_epochs) are pinned so that retuning Model_Params' defaults leaves
-# these tests' model alone.
+# model that has all but memorised the text (val loss ~0.2 nats/token). The optimizer (AdamW, its ε),
+# the length (60 steps, no max_epochs) and one model (no teacher) are pinned so that retuning
+# Model_Params' defaults leaves these tests' model alone.
 TINY_TRAIN_FLAGS = ("--vocab_size", str(TINY_VOCAB), "--block_size", "16", "--emb_len", "32",
                     "--num_layers", "2", "--num_heads", "2", "--batch_size", "8", "--max_iters", "60",
                     "--max_epochs", "0", "--eval_interval", "20", "--eval_windows", "8", "--warmup_iters", "5",
                     "--optimizer", "adamw", "--learning_rate", "1e-2", "--weight_decay", "0.1",
-                    "--adam_eps", "1e-8", "--dropout", "0", "--seed", "1")
+                    "--adam_eps", "1e-8", "--dropout", "0", "--teacher", "", "--seed", "1")
 
 
 @pytest.fixture(scope="session")

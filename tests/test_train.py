@@ -36,7 +36,7 @@ from tokenizer import Tokenizer
 # so these tests do not change when Model_Params' defaults are retuned; a test that wants Muon says so.
 SMALL = ("--block_size", "16", "--emb_len", "32", "--num_layers", "2", "--num_heads", "2",
          "--batch_size", "8", "--eval_windows", "8", "--warmup_iters", "3", "--learning_rate", "3e-3",
-         "--max_epochs", "0", "--optimizer", "adamw")
+         "--max_epochs", "0", "--optimizer", "adamw", "--teacher", "")
 
 
 def paths(tiny, weights_dir=None, **changes) -> list[str]:
@@ -532,6 +532,53 @@ def test_a_teacher_that_cannot_be_used_is_one_line_before_anything_is_written(
                           "--teacher", teacher, *flags)
     assert_one_error_line(code, err, fragment)
     assert not list((tmp_path / "w").glob("*.pth"))
+
+
+# teacher = "first": a teacher with the run's own settings trains first, then the model learns from it.
+FIRST = (*SMALL, "--teacher", "first", "--eval_interval", "10")
+
+
+def test_teacher_first_trains_a_teacher_then_a_model_that_learns_from_it(tiny_trained, tmp_path, capsys):
+    weights = tmp_path / "w"
+    code, err = call_main(capsys, *paths(tiny_trained, weights), *FIRST, "--max_iters", "20")
+    assert code == 0, err
+    teacher_path = weights / "teacher" / "weights-best.pth"
+    assert err.index("stage 1 of 2") < err.index("stage 2 of 2") < err.index(f"teacher: {teacher_path}")
+    teacher_ckpt, student_ckpt = load_checkpoint(teacher_path), load_checkpoint(weights / "weights-latest.pth")
+    assert teacher_ckpt["train_config"]["teacher"] == "" and teacher_ckpt["step"] == 20
+    assert student_ckpt["train_config"]["teacher"] == str(teacher_path) and student_ckpt["step"] == 20
+    assert [r["eval"] for r in history(weights)] == ["windows", "windows", "full"]
+
+
+def test_teacher_first_resumes_and_a_retrained_teacher_gets_a_fresh_student(tiny_trained, tmp_path, capsys):
+    weights = tmp_path / "w"
+    assert call_main(capsys, *paths(tiny_trained, weights), *FIRST, "--max_iters", "20")[0] == 0
+    before = {path: path.stat().st_mtime_ns for path in weights.rglob("*.pth")}
+    code, err = call_main(capsys, *paths(tiny_trained, weights), *FIRST, "--max_iters", "20")
+    assert code == 0 and err.count("nothing to do") == 2, err                  # both stages were done
+    assert {path: path.stat().st_mtime_ns for path in weights.rglob("*.pth")} == before
+    # A longer schedule: the teacher resumes from its step 20; its student starts over, so that no
+    # model ends up having learned from two different teachers.
+    code, err = call_main(capsys, *paths(tiny_trained, weights), *FIRST, "--max_iters", "30")
+    assert code == 0, err
+    assert "resuming from " + str(weights / "teacher" / "weights-latest.pth") + " at step 20" in err
+    assert load_checkpoint(weights / "teacher" / "weights-latest.pth")["step"] == 30
+    assert [r["step"] for r in history(weights)] == ["10", "20", "30", "30"]     # from 0 again
+
+
+def test_teacher_first_shares_max_minutes_between_the_two_stages(tiny_trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(time_budget, "clock", TickingClock())
+    weights = tmp_path / "w"
+    code, err = call_main(capsys, *paths(tiny_trained, weights), *FIRST, "--max_iters", "1000000",
+                          "--eval_interval", "1000000", "--max-minutes", "0.05")
+    assert code == 0, err
+    share = 0.05 * train.TEACHER_SHARE
+    assert f"--max-minutes {share:g} reached" in err and "--max-minutes 0.05 reached" in err
+    teacher_minutes = float(history(weights / "teacher")[-1]["minutes"])
+    student_minutes = [float(r["minutes"]) for r in history(weights)]
+    # The student's clock starts where the teacher's stopped, and the two together keep to the budget.
+    assert 0.5 * share < teacher_minutes < 1.2 * share
+    assert teacher_minutes < student_minutes[0] and student_minutes[-1] < 0.05 * 1.2
 
 
 # ─────────────────────────────────────── torchrun (DDP) ───────────────────────────────────────
