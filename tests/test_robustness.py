@@ -206,6 +206,34 @@ def test_sigkill_at_any_moment_loses_no_finished_checkpoint_and_resuming_ends_as
     assert not list(weights.glob("*.tmp"))                  # the killed saves' temp files are cleared away
 
 
+def test_a_run_in_two_stages_killed_in_each_ends_as_if_never_killed(scripts, tiny, tmp_path):
+    """teacher = "first": the tiny run as a teacher, then a model that learns from it. Killed in the
+    teacher's stage, then in the model's; the reruns resume each where it was, and end with the very
+    teacher and model of the uninterrupted two stages."""
+    args = lambda weights: [*train_args(tiny, weights), "--teacher", "first"]      # noqa: E731
+    reference = scripts.run("train.py", *args(tmp_path / "whole"), cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    weights = tmp_path / "killed"
+    # 1. Killed in the first stage, just after the teacher's checkpoint at step 40.
+    first = scripts.run("train.py", *args(weights), cwd=tmp_path, fault=[["kill_on_print", "step 40:"]])
+    assert first.returncode == KILLED and "stage 2" not in first.stderr, first.stderr
+    # 2. The teacher resumes from 40 and finishes; the model starts, killed after its step 40.
+    second = scripts.run("train.py", *args(weights), cwd=tmp_path, fault=[["kill_on_print", "step 40:"]])
+    assert second.returncode == KILLED, second.stderr
+    assert "teacher/weights-latest.pth at step 40" in second.stderr and "stage 2 of 2" in second.stderr
+    # 3. Nothing left for the teacher; the model resumes from its step 40 and finishes.
+    third = scripts.run("train.py", *args(weights), cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert "weights-latest.pth is already at step 60" in third.stderr and "at step 40" in third.stderr
+    for stage in ("teacher", "."):
+        got, want = assert_checkpoints_load(weights / stage), assert_checkpoints_load(tmp_path / "whole" / stage)
+        for name in ("weights-latest.pth", "weights-best.pth"):
+            assert got[name]["step"] == want[name]["step"] == 60
+            for key, tensor in want[name]["model"].items():
+                assert got[name]["model"][key].equal(tensor), (stage, name, key)
+        assert history(weights / stage) == history(tmp_path / "whole" / stage)
+
+
 def test_a_run_killed_during_its_final_evaluation_does_it_on_the_next_run(scripts, tiny):
     # The tiny run's folder as a kill during the final full pass leaves it: every checkpoint
     # written, the history without its last ("full") row.
