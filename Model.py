@@ -2,12 +2,14 @@
 
 Read top to bottom, this file follows one token's journey:
 
-    ids (B, T) ──token embedding──▶ x (B, T, E)
-      ──num_layers × Block [LayerNorm → rotary causal self-attention → +x ; LayerNorm → MLP → +x]──▶ (B,T,E)
+    ids (B, T) ──token embedding (+ position embedding)──▶ x (B, T, E)
+      ──num_layers × Block [LayerNorm → causal self-attention → +x ; LayerNorm → MLP → +x]──▶ (B, T, E)
       ──final LayerNorm → dot product with every token embedding──▶ logits (B, T, V) ──▶ loss / next token
 
+Where a token sits enters one of two ways (ModelConfig.positions): "learned" (the original's, GPT-2's)
+adds a trained vector per position; "rotary" turns queries and keys by position inside attention.
 B = batch, T = tokens in the window, E = emb_len, H = num_heads, D = E // H (head size),
-V = vocab_size. Then comes generation: a plain sampling loop, then the same with a KV cache and
+V = vocab_size. Then comes generation: a plain sampling loop, the same with a KV cache and
 streaming, and beam search. The optimizers, devices and checkpoint files live in support/.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ModelConfig:
     num_layers: int
     num_heads: int
     dropout: float = 0.0
+    positions: str = "rotary"   # "learned" (a table of block_size vectors) or "rotary" (see rotate)
 
     def __post_init__(self):
         validation.check_config(self)          # a config read from a file may hold anything
@@ -71,16 +74,14 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 def causal_mask(q_len: int, k_len: int, device) -> torch.Tensor:
     """(q_len, k_len) bool, True where a query may look. The q_len queries are the *last* q_len of the
     k_len positions (a KV cache holds the earlier ones), so query i sits at position k_len - q_len + i."""
-    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    k_pos = torch.arange(k_len, device=device)[None, :]
-    return k_pos <= q_pos
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]          # (q_len, 1)
+    return torch.arange(k_len, device=device)[None, :] <= q_pos                # (q_len, k_len)
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """How much each query looks at each key: q (B, H, Tq, D), k (B, H, Tk, D) -> (B, H, Tq, Tk),
     every row a probability distribution over the positions the query may see."""
-    # Scale by 1/sqrt(D) so score variance stays ~1 whatever the head size; without it
-    # softmax saturates and gradients vanish.
+    # Scale by 1/sqrt(D) so score variance stays ~1 whatever the head size (else softmax saturates).
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])          # (B, H, Tq, Tk)
     # A token may only look at itself and the past: the future gets -inf, i.e. weight 0.
     scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
@@ -122,10 +123,9 @@ class KVCache:
     are allocated on first use with the keys' dtype and device; `length` positions are filled."""
 
     def __init__(self, config: ModelConfig):
-        self.config = config
+        self.config, self.length = config, 0
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
-        self.length = 0
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this layer's new (B, H, T, D) keys/values after the stored ones; return all of them,
@@ -155,6 +155,7 @@ class CausalSelfAttention(nn.Module):
         self.num_heads = config.num_heads
         self.layer_index = layer_index                 # which slot of a KVCache is ours
         self.dropout = config.dropout
+        self.rotary = config.positions == "rotary"
         self.impl = "sdpa"
         # One matmul makes queries, keys and values at once (3 E-wide outputs side by side).
         self.qkv = nn.Linear(config.emb_len, 3 * config.emb_len)
@@ -162,10 +163,12 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(config.dropout)
 
     def heads(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(B, T, E) at positions (T,) -> queries and keys turned to where each token sits (rotate),
-        and values; each (B, H, T, D)."""
+        """(B, T, E) at positions (T,) -> queries, keys and values, each (B, H, T, D); with rotary
+        positions the queries and keys are turned to where each token sits."""
         q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).split(x.shape[-1], dim=2))
-        return rotate(q, positions), rotate(k, positions), v
+        if self.rotary:
+            q, k = rotate(q, positions), rotate(k, positions)
+        return q, k, v
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """(B, T, E) at positions (T,) -> (B, T, E)."""
@@ -214,6 +217,8 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.emb_len)
+        # The original's positions: one learned vector per place in the window, 0 .. block_size - 1.
+        self.pos_emb = nn.Embedding(config.block_size, config.emb_len) if config.positions == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.emb_len)
@@ -251,20 +256,22 @@ class Transformer(nn.Module):
         """Number of parameters (the tied output head is counted once: it *is* the embedding)."""
         return sum(p.numel() for p in self.parameters())
 
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids at positions (T,) -> (B, T, E): what each token is, + where it sits (learned positions)."""
+        x = self.tok_emb(idx)
+        return x if self.pos_emb is None else x + self.pos_emb(positions)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
-
-        loss: mean cross-entropy of targets (B, T) over all positions, in nats per token.
-        kv_cache: if given, idx continues the positions already in the cache (generation only).
-        """
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None). loss: mean cross-entropy of targets
+        (B, T) over all positions, in nats per token. kv_cache: if given, idx continues the positions
+        already in the cache (generation only)."""
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         positions = torch.arange(start, start + T, device=idx.device)          # (T,)
-        # A token's vector says only what it is; where it sits enters inside attention (rotate above).
-        x = self.drop(self.tok_emb(idx))                                       # (B, T, E)
+        x = self.drop(self.embed(idx, positions))                              # (B, T, E)
         for block in self.blocks:
             x = block(x, positions, kv_cache)                                  # (B, T, E)
         if kv_cache is not None:
@@ -291,7 +298,8 @@ class Transformer(nn.Module):
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """Generation in its plainest form: (1, T) prompt -> (1, T + max_new_tokens). Run the model on
         the last block_size tokens, turn the last position's logits into a distribution, draw one
-        token, append it, repeat. stream() draws the same tokens (test), reading a KV cache instead."""
+        token, append it, repeat. stream() draws the same tokens while the text fits in block_size
+        (test), reading a KV cache instead; past it, the two windows slide differently (see above)."""
         with self.eval_mode():
             for _ in range(max_new_tokens):
                 logits, _ = self(idx[:, -self.config.block_size:])             # (1, T, V)
@@ -304,7 +312,6 @@ class Transformer(nn.Module):
                generator: torch.Generator | None = None, with_logits: bool = False) -> Iterator:
         """Yield new token ids one at a time, each as soon as it is chosen. idx: (1, T) prompt.
         with_logits: yield (token, its step's logits (V,)) instead, to show what the model weighed.
-
         temperature 0 is greedy; top_k keeps the k likeliest tokens; top_p keeps the smallest set
         of likeliest tokens whose probability reaches top_p. Sampling draws from `generator` (a CPU
         torch.Generator; sampling runs on the CPU so a seed gives the same draws on any device).
@@ -324,18 +331,15 @@ class Transformer(nn.Module):
             seq = torch.cat([seq, torch.tensor([[token]], dtype=seq.dtype, device=seq.device)], dim=1)
             yield (token, logits[0]) if with_logits else token
 
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """(1, T) prompt -> (1, T + max_new_tokens), the prompt and the new tokens; as stream()."""
-        new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator))
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, **sampling) -> torch.Tensor:
+        """(1, T) prompt -> (1, T + max_new_tokens), the prompt and the new tokens; stream()'s keywords."""
+        new = list(self.stream(idx, max_new_tokens, temperature, **sampling))
         return torch.cat([idx, torch.tensor([new], dtype=idx.dtype, device=idx.device)], dim=1)
 
     def beam_search(self, idx: torch.Tensor, max_new_tokens: int, beam_width: int,
                     length_penalty: float = 1.0, end_token: int | None = None,
                     use_cache: bool = True) -> torch.Tensor:
         """Keep the beam_width likeliest continuations at every step; return the best, (1, T + n).
-
         A hypothesis scores sum(log p(token)) / n ** length_penalty over its n new tokens, so that
         longer and shorter ones compare fairly (0 = raw sum). With end_token, a beam that emits it
         is finished (kept, with that token) and n may be < max_new_tokens; without, every beam has
@@ -352,8 +356,7 @@ class Transformer(nn.Module):
             for step in range(1, max_new_tokens + 1):
                 logp = F.log_softmax(window.next_logits(seqs).float(), dim=-1)  # (beams, V)
                 candidates = (scores[:, None] + logp).flatten()                 # (beams * V,)
-                # Stable sort: equal scores keep (beam, token) order, so results never depend on
-                # the kernel's tie-breaking.
+                # Stable sort: equal scores keep (beam, token) order, whatever the kernel's tie-breaking.
                 order = torch.sort(candidates, descending=True, stable=True).indices[:2 * beam_width]
                 rows, tokens = [], []
                 for flat in order.tolist():
@@ -362,8 +365,7 @@ class Transformer(nn.Module):
                         done = torch.cat([seqs[row], seqs.new_tensor([token])])
                         finished.append((normalised(candidates[flat].item(), step), done))
                     elif len(rows) < beam_width:
-                        rows.append(row)
-                        tokens.append(token)
+                        rows, tokens = rows + [row], tokens + [token]
                     if len(rows) == beam_width:
                         break
                 if not rows:                                  # every candidate ended: nothing left
@@ -391,10 +393,8 @@ class Transformer(nn.Module):
 
 class _ContextWindow:
     """The window of recent tokens the model sees while generating (strategy: see Transformer).
-
     next_logits(seq) returns the logits for the token after seq (B, L), feeding the cache only the
-    tokens it has not seen yet: the whole window after a (re)start, one token on every other step.
-    """
+    tokens it has not seen yet: the whole window after a (re)start, one token on every other step."""
 
     def __init__(self, model: Transformer, use_cache: bool, prompt_len: int):
         self.model = model

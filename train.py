@@ -1,28 +1,23 @@
-"""Train the transformer on a text file, resumably, and report how well it predicts in nats per character.
+"""Train the transformer on a text file, and report how well it predicts text it never saw, in nats per character.
 
     python train.py                              # Model_Params defaults, Train_Data/input.txt
-    python train.py --emb_len 128 --max-minutes 5
+    python train.py --emb-len 128 --max-minutes 5
     torchrun --nproc_per_node 2 train.py         # same flags, one process per CPU/GPU (DDP)
 
-What happens, in order (each step is a section below):
-  1. settings: Model_Params.py, then `--<name> VALUE` overrides (type-checked), then run flags;
-  2. data: the input, tokenized once (the ids cached in .cache/), split 90/10 by position: training, validation;
-  3. model and optimizer: a fresh Transformer and AdamW (or Muon), or the state weights-latest.pth
-     holds (exact resume: weights, optimizer, step, every random-number generator);
-  4. the loop (`train`): each step averages the loss over batch_size × grad_accum_steps × processes
-     random windows (`get_batch`; bpe_dropout splits some merged tokens into their two parts), clips
-     the gradient and steps the optimizer at the scheduled rate (`learning_rate_at`: linear warm-up,
-     then cosine decay to min_lr at max_iters, or sooner for max_epochs passes or max_minutes);
-  5. every eval_interval steps (`evaluate_and_save`): validation on fixed windows, one line of
-     figures, weights-best.pth when it improved, a row in loss_history.csv, and last
-     weights-latest.pth (so a run killed at any moment resumes and redoes the rest exactly);
-  6. at the end (max_iters, --stop-at-step, or the max_minutes budget): a last checkpoint and the
-     final evaluation, over the validation split (at most final_eval_tokens of it).
-By default (teacher = "first": `train_teacher_first`) 3-6 happen twice: a teacher with these settings,
-then the model, learning from the text and from the teacher's predictions (`distillation_loss`).
+Training is one loop, and `train_plain` below is all of it in one screen: draw a batch of random
+windows of the text; ask the model to guess every next token (the targets y are the inputs x shifted
+by one); measure how wrong it was (cross-entropy); move every weight a small step against its
+gradient; every eval_interval steps, score the validation text. Read it first.
 
-Everything printed goes to stderr; stdout stays empty. The machinery (token cache, checkpoints and
-exact resume, torchrun, time budget, history, Ctrl-C) lives in support/, each one call away.
+`train` runs the same loop with what a real run needs around it (a test holds the two bit-identical
+with the extras off), in the sections below: 1. settings (Model_Params.py, then `--name VALUE`
+overrides); 2. data (tokenized once, split 90/10 by position: training, validation); 3. model and
+optimizer, fresh or as weights-latest.pth left them (exact resume; a run of another text or
+tokenizer is moved aside first); 4. the loop, plus accumulation, torchrun, mixed precision,
+BPE-dropout, a teacher (`distillation_loss`), the time budget and Ctrl-C; 5. every eval_interval
+steps, validation, weights-best.pth when it improved, loss_history.csv, then weights-latest.pth (a
+run killed at any moment resumes exactly); 6. at the end, the final evaluation. The machinery
+lives in support/, each one call away. Everything printed goes to stderr; stdout stays empty.
 
 What the figures mean (see `evaluate`): loss per token is the mean negative log-likelihood (NLL, in
 nats) of the scored tokens, i.e. how surprised the model is by each next token. nats/char = total
@@ -50,73 +45,124 @@ from Model import ModelConfig, Transformer
 from support import settings, time_budget
 from support.bpe_dropout import merge_parts, split_tokens
 from support.checkpoints import (BEST, LATEST, CheckpointError, best_checkpoint, check_writable, latest_checkpoint,
-                                 load_resume_state, load_teacher, own_rng_state, remove_leftover_temps,
+                                 load_resume_state, load_teacher, move_run_aside, own_rng_state, remove_leftover_temps,
                                  restore_training_state, save_atomic)
 from support.devices import DTYPES, autocast, choose_dtype
-from support.distributed import (Processes, all_reduce_sum, barrier, end_processes, gather, gradient_sync,
+from support.distributed import (SINGLE, Processes, all_reduce_sum, barrier, end_processes, gather, gradient_sync,
                                  launched_rank, model_for_training, start_processes)
 from support.history import record, start_history, unfinished_final_evaluation
 from support.ema import WeightAverage, averaged
 from support.lock import hold_folder
 from support.optim import OPTIMIZERS, configure_optimizer, set_learning_rate
 from support.scoring import EvalResult, chars_per_token, final_windows, fixed_windows, score_windows, windows_to_batch
-from support.settings import Parser, UserError, load_params
+from support.settings import TRAIN_FLAGS, Parser, UserError, load_params
 from support.report import describe, progress_bar, show_progress
 from support.stopping import StopRequest
 from support.id_cache import data_fingerprint, load_token_ids
+from support.validation import POSITIONS
 from tokenizer import Tokenizer, TokenizerError
 
 REPO = Path(__file__).resolve().parent
-# The settings this script reads from Model_Params.py, and their kind (a float setting may be written
-# as a whole number). Checked on start, so a hand edit that breaks one is a one-line error.
+# The settings this script reads from Model_Params.py (not run.py's generation ones), and their kind,
+# checked on start: a hand edit that breaks one is a one-line error. TRAIN_FLAGS have no line there.
 NEEDED_PARAMS = {"vocab_size": int, "block_size": int, "emb_len": int, "num_layers": int, "num_heads": int,
-                 "dropout": float, "batch_size": int, "grad_accum_steps": int, "learning_rate": float,
-                 "min_lr": float, "warmup_iters": int, "max_iters": int, "max_epochs": float, "max_minutes": float,
-                 "weight_decay": float, "grad_clip": float, "eval_interval": int, "eval_windows": int,
-                 "final_eval_tokens": int, "optimizer": str, "muon_lr": float, "adam_eps": float, "ema_decay": float,
-                 "bpe_dropout": float, "teacher": str, "distill_weight": float}
+                 "batch_size": int, "dropout": float, "learning_rate": float, "max_iters": int, "eval_interval": int,
+                 "positions": str, "optimizer": str, "bpe_dropout": float, "weight_decay": float, "warmup_iters": int,
+                 "min_lr": float, "grad_clip": float, "max_epochs": float, "max_minutes": float}
+
+
+# ─────────────────────────────────── the loop, in its plainest form ───────────────────────────────────
+
+def get_batch(ids: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator):
+    """batch_size windows of block_size + 1 tokens, starting at random -> inputs x and targets y,
+    both (batch_size, block_size): y is x shifted one token left, so y[b, t] is the token after x[b, t]."""
+    starts = torch.randint(0, len(ids) - block_size, (batch_size,), generator=generator).tolist()
+    windows = torch.stack([torch.from_numpy(ids[s:s + block_size + 1].astype(np.int64)) for s in starts])
+    return windows[:, :-1], windows[:, 1:]
+
+
+def learning_rate_at(step: int, cfg, horizon: int | None = None) -> float:
+    """The learning rate for step `step` (0-based): linear warm-up over warmup_iters steps to
+    learning_rate, then a cosine curve down to min_lr at `horizon` (default max_iters), then min_lr.
+    Warm-up keeps the first, large and badly-aimed updates from wrecking the optimizer's still-empty
+    running averages (Adam's moments, Muon's momentum)."""
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
+    span = (cfg.max_iters if horizon is None else horizon) - cfg.warmup_iters
+    progress = min(1.0, (step - cfg.warmup_iters) / span) if span > 0 else 1.0
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def evaluate(model: Transformer, val_ids: np.ndarray, windows: list, chars: torch.Tensor, batch_size: int,
+             device=torch.device("cpu"), amp_dtype=None, procs: Processes = SINGLE, progress=None) -> EvalResult:
+    """How well the model predicts the validation tokens the windows ask for: summed NLL, tokens and
+    characters (nats/char: see EvalResult). In eval mode (no dropout), as the model will be used."""
+    with model.eval_mode():
+        return score_windows(model, val_ids, windows, chars, device, amp_dtype, batch_size, procs, progress)
+
+
+def train_plain(model: Transformer, train_ids: np.ndarray, val_ids: np.ndarray, chars: torch.Tensor, cfg) -> list:
+    """What train() does with one process on the CPU and none of its extras (time budget, teacher,
+    weight average, accumulation, BPE-dropout, mixed precision, checkpoints); a test holds the two
+    bit-identical. Seed as train() does: torch.manual_seed(seed) before building the model, seed + 2
+    after (dropout). chars: characters each token starts. -> the EvalResult of every evaluation."""
+    optimizer = configure_optimizer(model, cfg.learning_rate, cfg.weight_decay, optimizer=cfg.optimizer,
+                                    muon_lr=cfg.muon_lr, adam_eps=cfg.adam_eps)
+    batches = torch.Generator().manual_seed(cfg.seed + 1)                    # which windows each step reads
+    windows = fixed_windows(len(val_ids), cfg.block_size, cfg.eval_windows)  # the same at every evaluation
+    results = []
+    model.train()
+    for step in range(cfg.max_iters):
+        set_learning_rate(optimizer, learning_rate_at(step, cfg), cfg)
+        x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, batches)  # (B, T) each; y = next tokens
+        _, loss = model(x, y)                              # mean cross-entropy over all B × T guesses
+        loss.backward()                                    # d loss / d weight, for every weight
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+        optimizer.step()                                   # every weight a small step downhill
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters:
+            results.append(evaluate(model, val_ids, windows, chars, cfg.batch_size))
+            print(f"step {step + 1}: train {loss.item():.4f}, val {results[-1].figures()}", file=sys.stderr)
+    return results
 
 
 # ───────────────────────────────────────── 1. settings ───────────────────────────────────────────
 
 def param_defaults() -> dict:
-    """Every hyperparameter in Model_Params.py: name -> default value (int, float, bool or str)."""
-    return settings.param_defaults(load_params(NEEDED_PARAMS), NEEDED_PARAMS)
+    """Every setting train.py takes from Model_Params.py or a flag alone: name -> default value."""
+    return settings.param_defaults(load_params(NEEDED_PARAMS), NEEDED_PARAMS, TRAIN_FLAGS)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="train.py", allow_abbrev=False,
                     description="Train the transformer on a text file. Rerunning resumes exactly from "
-                                "weights-latest.pth; everything printed goes to stderr.")
+                                "weights-latest.pth; everything printed goes to stderr. Every option is "
+                                "accepted with - or _ (--max-iters, --max_iters).")
     settings.add_run_options(parser, REPO, DTYPES)
-    # --max-minutes reads better on a command line; it is the same setting as --max_minutes.
-    settings.add_param_options(parser, load_params(NEEDED_PARAMS), param_defaults(), {"max_minutes": "--max-minutes"})
+    settings.add_param_options(parser, load_params(NEEDED_PARAMS), param_defaults(), TRAIN_FLAGS)
     return parser
 
 
 def parse_settings(argv) -> argparse.Namespace:
     """The run's settings: Model_Params defaults, overridden by flags, checked for sense."""
     cfg = build_parser().parse_args(argv)
-    cfg.overridden = {a.split("=")[0][2:] for a in argv if a.startswith("--")} & set(param_defaults())
-    if cfg.old_stop_at is not None:
-        if launched_rank() == 0:
-            print("note: --max-iters is now --stop-at-step", file=sys.stderr)
-        cfg.stop_at = cfg.old_stop_at if cfg.stop_at is None else cfg.stop_at
+    cfg.overridden = {a.split("=")[0][2:].replace("-", "_") for a in argv if a.startswith("--")} & set(param_defaults())
     settings.check_ranges(cfg, above_zero=("learning_rate", "muon_lr", "adam_eps"),
                           at_least=dict(block_size=1, emb_len=1, num_layers=1, num_heads=1, batch_size=1, eval_windows=1,
                                         grad_accum_steps=1, eval_interval=1, max_iters=0, warmup_iters=0, final_eval_tokens=0),
                           not_negative=("learning_rate", "min_lr", "weight_decay", "grad_clip", "max_minutes", "max_epochs"),
                           fractions=("dropout", "ema_decay", "bpe_dropout"), weights=("distill_weight",))
-    if cfg.optimizer not in OPTIMIZERS:
-        raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    for name, choices in (("optimizer", OPTIMIZERS), ("positions", POSITIONS)):
+        if getattr(cfg, name) not in choices:
+            raise UserError(f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
     if cfg.emb_len % cfg.num_heads:
-        raise UserError(f"--emb_len ({cfg.emb_len}) must be divisible by --num_heads ({cfg.num_heads})")
+        raise UserError(f"--emb-len ({cfg.emb_len}) must be divisible by --num-heads ({cfg.num_heads})")
     for flag, value in (("--stop-at-step", cfg.stop_at), ("--workers", cfg.workers)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     if cfg.stop_at is not None and cfg.stop_at > cfg.max_iters:
         raise UserError(f"--stop-at-step {cfg.stop_at} is past the end of the schedule (max_iters "
-                        f"{cfg.max_iters}); to train longer pass --max_iters {cfg.stop_at}")
+                        f"{cfg.max_iters}); to train longer pass --max-iters {cfg.stop_at}")
     return cfg
 
 
@@ -137,7 +183,7 @@ def split_ids(ids: np.ndarray, block_size: int, input_path: Path) -> tuple[np.nd
     if len(train) < need or len(val) < need:
         raise UserError(f"{input_path} is too short: {len(ids):,} tokens give {len(train):,} training and "
                         f"{len(val):,} validation tokens, but each part needs at least block_size + 1 = "
-                        f"{need} — use a longer text or a smaller --block_size")
+                        f"{need} — use a longer text or a smaller --block-size")
     return train, val
 
 
@@ -186,20 +232,23 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
     folder_lock = hold_folder(weights_dir, say) if procs.is_main else None     # a second run here is refused
     tokenizer = Tokenizer.load(cfg.tokenizer_dir)
     if "vocab_size" in cfg.overridden and cfg.vocab_size != tokenizer.vocab_size:
-        raise UserError(f"--vocab_size {cfg.vocab_size} differs from the tokenizer in {cfg.tokenizer_dir} "
+        raise UserError(f"--vocab-size {cfg.vocab_size} differs from the tokenizer in {cfg.tokenizer_dir} "
                         f"({tokenizer.vocab_size} tokens); the vocabulary is set by init.py — run "
                         f"`python init.py --vocab-size {cfg.vocab_size}` first")
     cfg.params_vocab_size, cfg.vocab_size = cfg.vocab_size, tokenizer.vocab_size
     data_fp = data_fingerprint(input_path, tokenizer)
     config = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size, emb_len=cfg.emb_len,
-                         num_layers=cfg.num_layers, num_heads=cfg.num_heads, dropout=cfg.dropout)
+                         num_layers=cfg.num_layers, num_heads=cfg.num_heads, dropout=cfg.dropout, positions=cfg.positions)
     resumed = None                   # checked before tokenizing: a resume that cannot work fails at once
     if (weights_dir / LATEST).exists() and not cfg.fresh:
-        resumed = load_resume_state(weights_dir / LATEST, config, tokenizer.fingerprint(), cfg.tokenizer_dir,
-                                    data_fp, cfg.input, cfg.optimizer)
+        # None when it is a run of another text or tokenizer (say, after init.py on your own text).
+        resumed = load_resume_state(weights_dir / LATEST, config, tokenizer.fingerprint(), data_fp, cfg.optimizer)
     teacher = load_teacher(cfg.teacher, tokenizer.fingerprint(), cfg.block_size, weights_dir, device) if cfg.teacher else None
     train_ids, val_ids = split_ids(load_token_ids(input_path, data_fp, tokenizer, procs, say, cfg.workers),
                                    cfg.block_size, input_path)
+    if resumed is None and procs.is_main and (moved := move_run_aside(weights_dir)):   # the text is good: make room
+        say(f"moved the run that was in {weights_dir}/ to {moved}/ ("
+            f"{'--fresh' if cfg.fresh else 'not a run of this text and tokenizer'}); starting a new one")
     cfg.max_iters = time_budget.last_step(cfg, len(train_ids), procs.world_size)   # max_iters or max_epochs
     # Seeds: identical initial weights on every process (DDP would copy rank 0's anyway); one batch
     # generator that every process keeps in step, so all draw the same global batch and each takes
@@ -216,7 +265,7 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
     # float16 has too few exponent bits for small gradients: scale the loss up, unscale before
     # the step (skipping steps whose gradients overflowed). bfloat16 needs none of this.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    budget = time_budget.TimeBudget(cfg.max_minutes, resumed.get("minutes", 0.0) if resumed else cfg.minutes_before, started,
+    budget = time_budget.TimeBudget(cfg.max_minutes, resumed.get("minutes", 0.0) if resumed else 0.0, started,
                                     cfg.max_iters, procs, device)
     windows = {"eval": fixed_windows(len(val_ids), cfg.block_size, cfg.eval_windows),
                "final": final_windows(len(val_ids), cfg.block_size, cfg.final_eval_tokens)}
@@ -233,24 +282,12 @@ def start_run(cfg, procs: Processes, device: torch.device, say, started: float) 
     return run
 
 
-def learning_rate_at(step: int, cfg, horizon: int | None = None) -> float:
-    """The learning rate for step `step` (0-based): linear warm-up over warmup_iters steps to
-    learning_rate, then a cosine curve down to min_lr at `horizon` (default max_iters), then min_lr.
-    Warm-up keeps the first, large and badly-aimed updates from wrecking AdamW's still-empty moment
-    estimates."""
-    if step < cfg.warmup_iters:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_iters
-    span = (cfg.max_iters if horizon is None else horizon) - cfg.warmup_iters
-    progress = min(1.0, (step - cfg.warmup_iters) / span) if span > 0 else 1.0
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+# ──────────────────────────────────── batches and the teacher ────────────────────────────────────
 
-
-# ─────────────────────────────────────────── batches ─────────────────────────────────────────────
-
-def get_batch(train_ids: np.ndarray, cfg, procs: Processes, generator: torch.Generator, device: torch.device,
-              parts: torch.Tensor | None = None):
-    """This process's share of one step's global batch: grad_accum_steps micro-batches (x, y), each
-    (batch_size, block_size), of windows starting at random in the training tokens. The global batch
+def step_batches(train_ids: np.ndarray, cfg, procs: Processes, generator: torch.Generator, device: torch.device,
+                 parts: torch.Tensor | None = None):
+    """get_batch for a real run: this process's share of one step's global batch, grad_accum_steps
+    micro-batches (x, y) of (batch_size, block_size), y shifted one token left. The global batch
     is drawn whole on every process, shaped (micro-steps, processes, batch_size), and each takes its
     slice, so a run's batches do not depend on the number of processes. With bpe_dropout > 0 each
     merged token of a window is, with that chance, split into the two tokens its merge joined
@@ -265,22 +302,11 @@ def get_batch(train_ids: np.ndarray, cfg, procs: Processes, generator: torch.Gen
         yield windows_to_batch(train_ids, starts[micro, procs.rank].numpy(), cfg.block_size, device, respell)
 
 
-# ────────────────────────────────────────── evaluation ───────────────────────────────────────────
-
-def evaluate(run: Run, windows: list[tuple[int, int, int]], progress: str | None = None) -> EvalResult:
-    """How well the model predicts the validation tokens the windows ask for: the summed NLL, the
-    tokens and the characters they start (nats/char, bits/char: see EvalResult). In eval mode, so
-    without dropout, as the model will be used."""
-    with run.model.eval_mode():
-        return score_windows(run.model, run.val_ids, windows, run.chars, run.device, run.amp_dtype,
-                             run.cfg.batch_size, run.procs, progress)
-
-
 def distillation_loss(text_loss: torch.Tensor, logits: torch.Tensor, teacher_logits: torch.Tensor,
                       weight: float) -> torch.Tensor:
-    """Knowledge distillation: (1 - weight) × the cross-entropy with the text, plus weight × KL(teacher ‖ model),
-    how far the model's predicted distribution is from the teacher's, averaged over positions. The
-    teacher's whole distribution says which other tokens were plausible too. logits: (B, T, V) each."""
+    """Knowledge distillation: (1 - weight) × cross-entropy with the text + weight × KL(teacher ‖ model),
+    averaged over positions: the teacher's whole distribution says which other tokens were plausible
+    too (--teacher PATH, an extra: off by default). logits: (B, T, V) each."""
     log_p = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)           # (B·T, V) the model's
     log_q = F.log_softmax(teacher_logits.float(), dim=-1).flatten(0, 1)   # (B·T, V) the teacher's
     kl = F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")   # Σ q (log q - log p) / (B·T)
@@ -308,7 +334,7 @@ def train(run: Run) -> int:
                 lr = learning_rate_at(run.step, cfg, run.horizon)
                 set_learning_rate(optimizer, lr, cfg)
                 step_loss = 0.0
-                for micro, (x, y) in enumerate(get_batch(run.train_ids, cfg, run.procs, run.batch_gen, run.device, run.merge_parts)):
+                for micro, (x, y) in enumerate(step_batches(run.train_ids, cfg, run.procs, run.batch_gen, run.device, run.merge_parts)):
                     with gradient_sync(train_model, run.procs, micro == cfg.grad_accum_steps - 1):
                         with autocast(run.device, run.amp_dtype):
                             logits, loss = train_model(x, y)         # mean cross-entropy over (B, T)
@@ -347,7 +373,7 @@ def train(run: Run) -> int:
     except LossNotFinite as e:
         kept = (f"{run.weights_dir / LATEST} still holds step {run.saved_step}, the last good checkpoint"
                 if run.saved_step is not None else "no checkpoint was written")
-        raise UserError(f"{e}; stopped without saving — {kept}. Try a lower --learning_rate") from None
+        raise UserError(f"{e}; stopped without saving — {kept}. Try a lower --learning-rate") from None
     finally:
         bar.close()
 
@@ -360,7 +386,8 @@ def evaluate_and_save(run: Run, train_loss: float | None, lr: float) -> None:
     it resumes from the previous evaluation and redoes this one exactly, rewriting the other two."""
     started = time_budget.clock()
     with averaged(run.average, run.model):         # the weights to evaluate and keep: see support/ema.py
-        result = evaluate(run, run.windows["eval"])
+        result = evaluate(run.model, run.val_ids, run.windows["eval"], run.chars, run.cfg.batch_size, run.device,
+                          run.amp_dtype, run.procs)
         improved = math.isfinite(result.nll) and (run.best_val is None or result.nats_per_char < run.best_val)
         if improved and run.procs.is_main:
             save_atomic(best_checkpoint(run.model, step=run.step, result=result, train_config=train_config(
@@ -391,7 +418,8 @@ def save_latest(run: Run) -> None:
 def final_evaluation(run: Run, lr: float) -> None:
     """The headline figure: the validation split scored once more (at most final_eval_tokens of it)."""
     with averaged(run.average, run.model):
-        final = evaluate(run, run.windows["final"], progress="final evaluation")
+        final = evaluate(run.model, run.val_ids, run.windows["final"], run.chars, run.cfg.batch_size, run.device,
+                         run.amp_dtype, run.procs, progress="final evaluation")
     if run.procs.is_main:
         record(run.weights_dir, run.step, run.budget.minutes_so_far(), lr, None, final, "full", run.say)
     barrier(run.procs)               # the others wait for rank 0's writes, then all leave the group together
@@ -418,10 +446,10 @@ def ready_to_train(run: Run) -> bool:
         final_evaluation(run, last_lr)
     elif at_end:
         run.say(f"nothing to do: {latest} is already at step {run.step} (stop at {run.end_step}); pass "
-                f"--max_iters N (and --max_epochs E, if set) to train longer, {fresh}")
+                f"--max-iters N (and --max-epochs E, if set) to train longer, {fresh}")
     elif out_of_time:
         run.say(f"nothing to do: {latest} has used its {run.cfg.max_minutes:g}-minute budget ("
-                f"{run.budget.minutes_so_far():.1f} min); pass --max_minutes M to train longer, {fresh}")
+                f"{run.budget.minutes_so_far():.1f} min); pass --max-minutes M to train longer, {fresh}")
     elif run.procs.is_main:
         start_history(run.weights_dir, run.step if run.resumed else None)
     return not (at_end or out_of_time)
@@ -444,36 +472,6 @@ def finish(run: Run, stopped_by: str | None, signum: int | None, train_loss: flo
     return 0
 
 
-def train_stage(cfg, procs: Processes, device, say, started: float, heading: str = "") -> tuple[int, Run, bool]:
-    """start_run, then the loop if anything is left to train. -> (exit code, the run, whether it trained)."""
-    run = start_run(cfg, procs, device, say, started)       # first: a mistake in the settings stays one line
-    describe(run, train_config(cfg, procs.world_size), heading)
-    if procs.is_main:
-        remove_leftover_temps(run.weights_dir, say)
-    trains = ready_to_train(run)
-    return (train(run) if trains else 0), run, trains
-
-
-TEACHER_FIRST, TEACHER_SHARE = "first", 0.4     # teacher = "first": the teacher's share of max_minutes at most
-
-
-def train_teacher_first(cfg, procs: Processes, device, say, started: float) -> int:
-    """teacher = "first" (born-again distillation): a teacher with these same settings trains in
-    WEIGHTS_DIR/teacher/ on at most TEACHER_SHARE of max_minutes, then this model learns from the text
-    and its predictions in the minutes left. A rerun resumes either stage; a retrained teacher gets a fresh student."""
-    teacher_dir = Path(cfg.weights_dir) / "teacher"
-    first = argparse.Namespace(**{**vars(cfg), "teacher": "", "weights_dir": str(teacher_dir),
-                                  "max_minutes": cfg.max_minutes * TEACHER_SHARE})
-    code, teacher_run, teacher_trained = train_stage(first, procs, device, say, started,
-                                                     f"stage 1 of 2: a teacher with these settings, in {teacher_dir}")
-    if code:                         # Ctrl-C: the student waits for a rerun
-        return code
-    second = argparse.Namespace(**{**vars(cfg), "teacher": str(teacher_dir / BEST), "fresh": cfg.fresh or teacher_trained,
-                                   "minutes_before": teacher_run.budget.minutes_so_far()})   # the budget is shared
-    return train_stage(second, procs, device, say, time_budget.clock(),
-                       f"stage 2 of 2: this model, learning from the text and from {teacher_dir / BEST}")[0]
-
-
 def main(argv=None) -> int:
     started = time_budget.clock()    # the budget counts from here: tokenizing and setting up use it too
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -481,9 +479,11 @@ def main(argv=None) -> int:
         cfg = parse_settings(argv)
         procs, device = start_processes(cfg.device)
         say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if procs.is_main else (lambda msg: None)
-        if cfg.teacher == TEACHER_FIRST:
-            return train_teacher_first(cfg, procs, device, say, started)
-        return train_stage(cfg, procs, device, say, started)[0]
+        run = start_run(cfg, procs, device, say, started)   # first: a mistake in the settings stays one line
+        describe(run, train_config(cfg, procs.world_size))
+        if procs.is_main:
+            remove_leftover_temps(run.weights_dir, say)
+        return train(run) if ready_to_train(run) else 0
     except (UserError, TokenizerError, CheckpointError) as e:
         if launched_rank() == 0:     # under torchrun every process hits the same mistake: say it once
             print(f"error: {e}", file=sys.stderr)

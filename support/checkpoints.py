@@ -21,7 +21,9 @@ from Model import ModelConfig, Transformer
 from support.files import atomic_write, remove_stale_temps, write_failure
 from support.settings import UserError
 
-CHECKPOINT_FORMAT_VERSION = 2     # 2: rotary positions (1 had a learned position table)
+CHECKPOINT_FORMAT_VERSION = 3     # 3: model_config names its positions
+# Files from before that: version 1 held a learned position table, version 2 rotary positions.
+POSITIONS_BEFORE_VERSION_3 = {1: "learned", 2: "rotary"}
 
 
 class CheckpointError(Exception):
@@ -76,9 +78,10 @@ def _check_format(ckpt, path: Path) -> None:
                                   f"dict, no model config or tokenizer fingerprint) — this code cannot run "
                                   f"it; train a model with `python init.py` then `python train.py`")
         raise CheckpointError(f"{path}: not a checkpoint of this project (no format_version)")
-    if ckpt["format_version"] == 1:
-        raise CheckpointError(f"{path}: a checkpoint from an older version of this code (learned position "
-                              f"embeddings; the model now uses rotary positions) — retrain with `python train.py --fresh`")
+    if ckpt["format_version"] in POSITIONS_BEFORE_VERSION_3 and isinstance(ckpt.get("model_config"), dict):
+        # The same model, but its config did not name the positions yet: read it as what it held.
+        ckpt["model_config"] = {"positions": POSITIONS_BEFORE_VERSION_3[ckpt["format_version"]], **ckpt["model_config"]}
+        ckpt["format_version"] = CHECKPOINT_FORMAT_VERSION
     if ckpt["format_version"] != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format_version {ckpt['format_version']!r}, this code reads "
                               f"{CHECKPOINT_FORMAT_VERSION} — retrain with this version of train.py")
@@ -150,8 +153,8 @@ def load_teacher(path, tokenizer_fingerprint: str, block_size: int, weights_dir:
     except CheckpointError as e:
         raise UserError(f"teacher {e}") from None
     if teacher.config.block_size < block_size:
-        raise UserError(f"teacher {path}: sees {teacher.config.block_size} tokens, fewer than --block_size "
-                        f"{block_size} — use a smaller --block_size or another teacher")
+        raise UserError(f"teacher {path}: sees {teacher.config.block_size} tokens, fewer than --block-size "
+                        f"{block_size} — use a smaller --block-size or another teacher")
     return teacher.requires_grad_(False)
 
 
@@ -161,8 +164,8 @@ def load_teacher(path, tokenizer_fingerprint: str, block_size: int, weights_dir:
 
 LATEST, BEST = "weights-latest.pth", "weights-best.pth"
 # What a checkpoint's weights depend on (dropout is a model setting too, but may change on resume).
-SHAPE_NAMES = ("vocab_size", "block_size", "emb_len", "num_layers", "num_heads")
-FRESH_HINT = "pass --fresh to start over"
+SHAPE_NAMES = ("vocab_size", "block_size", "emb_len", "num_layers", "num_heads", "positions")
+FRESH_HINT = "pass --fresh to start a new run (this one is kept, moved into a subfolder)"
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -189,27 +192,22 @@ def check_writable(weights_dir: Path) -> None:
 def remove_leftover_temps(weights_dir: Path, say) -> None:
     """A save killed before its rename leaves NAME.PID.tmp behind (see save_atomic): never a complete
     file, never read. Removed so they do not pile up."""
-    names = "|".join(re.escape(name) for name in (LATEST, BEST, "loss_history.csv", "loss.png"))
+    names = "|".join(re.escape(name) for name in RUN_FILES)
     remove_stale_temps(weights_dir, names, say, "an interrupted save")
 
 
-def load_resume_state(path: Path, model_config: ModelConfig, tokenizer_fp: str, tokenizer_dir,
-                      data_fp: str, input_path, optimizer: str) -> dict:
+def load_resume_state(path: Path, model_config: ModelConfig, tokenizer_fp: str, data_fp: str, optimizer: str) -> dict | None:
     """weights-latest.pth, checked to belong to this run: same model shape, tokenizer, input and
-    optimizer. A mismatch is one line naming what differs and pointing at --fresh."""
+    optimizer. None when it is a run of another text or tokenizer (the caller moves that run aside:
+    move_run_aside); any other mismatch is one line naming what differs and pointing at --fresh."""
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
         raise UserError(f"{e} (or {FRESH_HINT})") from None
     if ckpt.get("kind") != "latest" or not {"optimizer", "rng", "rng_per_rank", "step"} <= set(ckpt):
         raise UserError(f"{path}: not a resumable checkpoint (no optimizer or random state) — {FRESH_HINT}")
-    if ckpt.get("tokenizer_fingerprint") != tokenizer_fp:
-        raise UserError(f"{path} was trained with a different tokenizer (fingerprint "
-                        f"{ckpt.get('tokenizer_fingerprint')}, {tokenizer_dir} has {tokenizer_fp}) — use the "
-                        f"tokenizer it was trained with, or {FRESH_HINT}")
-    if ckpt.get("data_fingerprint") != data_fp:
-        raise UserError(f"{path} was trained on a different input text than {input_path} (data fingerprint "
-                        f"{ckpt.get('data_fingerprint')}, now {data_fp}) — use the same --input, or {FRESH_HINT}")
+    if ckpt.get("tokenizer_fingerprint") != tokenizer_fp or ckpt.get("data_fingerprint") != data_fp:
+        return None
     trained_with = ckpt.get("train_config", {}).get("optimizer", "adamw")
     if trained_with != optimizer:
         raise UserError(f"{path} was trained with --optimizer {trained_with}, not {optimizer} (their "
@@ -220,6 +218,29 @@ def load_resume_state(path: Path, model_config: ModelConfig, tokenizer_fp: str, 
         raise UserError(f"{path} holds a model of a different shape ({', '.join(differ)}) — pass the "
                         f"settings it was trained with, or {FRESH_HINT}")
     return ckpt
+
+
+RUN_FILES = (LATEST, BEST, "loss_history.csv", "loss.png")      # what one run of train.py leaves in its folder
+
+
+def move_run_aside(weights_dir: Path) -> Path | None:
+    """Move the run files in weights_dir (RUN_FILES) into a new subfolder, earlier-run-N, so that a new
+    run never writes over them. -> that folder, or None when there was nothing to move."""
+    present = [name for name in RUN_FILES if (weights_dir / name).exists()]
+    if not present:
+        return None
+    number = 1
+    while (weights_dir / f"earlier-run-{number}").exists():
+        number += 1
+    aside = weights_dir / f"earlier-run-{number}"
+    try:
+        aside.mkdir()
+        for name in present:
+            (weights_dir / name).rename(aside / name)
+    except OSError as e:
+        raise UserError(f"could not move the earlier run in {weights_dir}/ aside to {aside}/ ({e.strerror or e}); "
+                        f"nothing was deleted — move or delete its files yourself, then run train.py again") from None
+    return aside
 
 
 def changed_settings(ckpt: dict, train_config: dict) -> list[str]:

@@ -8,7 +8,7 @@ import sys
 
 from tqdm import tqdm
 
-from support.checkpoints import BEST, LATEST, changed_settings
+from support.checkpoints import LATEST, changed_settings
 
 
 def progress_bar(run) -> tqdm:
@@ -28,17 +28,14 @@ def show_progress(bar: tqdm, run, loss: float, lr: float) -> None:
         bar.set_postfix_str(f"loss {loss:.3f}, lr {lr:.2e}, {tokens_per_s:,.0f} tok/s", refresh=False)
 
 
-def describe(run, train_config: dict, heading: str = "") -> None:
-    """run: train.py's Run, about to train; train_config: the settings its checkpoints record;
-    heading: a first line, if any (which stage of a run in two this is)."""
+def describe(run, train_config: dict) -> None:
+    """run: train.py's Run, about to train; train_config: the settings its checkpoints record."""
     cfg, say, procs = run.cfg, run.say, run.procs
-    if heading:
-        say(heading)
     precision = (f"autocast {str(run.amp_dtype).removeprefix('torch.')} (float32 master weights)"
                  if run.amp_dtype else "float32")
     say(f"device {run.device}, {precision}, {procs.world_size} process(es){', compiled' if cfg.compile else ''}")
-    say(f"model: {cfg.num_layers} layers × {cfg.emb_len} wide × {cfg.num_heads} heads, context "
-        f"{cfg.block_size}, vocab {run.tokenizer.vocab_size} — {run.model.num_params():,} parameters")
+    say(f"model: {cfg.num_layers} layers × {cfg.emb_len} wide × {cfg.num_heads} heads, {cfg.positions} positions, "
+        f"context {cfg.block_size}, vocab {run.tokenizer.vocab_size} — {run.model.num_params():,} parameters")
     if cfg.params_vocab_size != run.tokenizer.vocab_size:
         say(f"note: the tokenizer has {run.tokenizer.vocab_size} tokens, Model_Params.vocab_size says "
             f"{cfg.params_vocab_size} (init.py applies it); the model follows the tokenizer")
@@ -62,5 +59,4 @@ def describe(run, train_config: dict, heading: str = "") -> None:
         if changed:
             say(f"note: settings changed since the checkpoint: {', '.join(changed)}")
     else:
-        old = any((run.weights_dir / name).exists() for name in (BEST, LATEST))
-        say("starting fresh" + (f" (the checkpoints in {run.weights_dir}/ will be replaced)" if old else ""))
+        say("starting fresh")

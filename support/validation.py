@@ -9,6 +9,8 @@ import math
 
 import torch
 
+POSITIONS = ("learned", "rotary")     # Model.py: a learned table added to the tokens, or rotations in attention
+
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
@@ -26,6 +28,8 @@ def check_config(config) -> None:
     if isinstance(config.dropout, bool) or not isinstance(config.dropout, (int, float)) \
             or not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"model config: dropout must be in [0, 1), got {config.dropout!r}")
+    if config.positions not in POSITIONS:
+        raise ValueError(f"model config: positions must be one of {', '.join(POSITIONS)}, got {config.positions!r}")
 
 
 def check_config_dict(d, names: set) -> None:

@@ -54,7 +54,7 @@ def test_config_dict_round_trip_gives_equal_config():
     config = tiny_config(dropout=0.25)
     d = config.to_dict()
     assert d == {"vocab_size": 64, "block_size": 32, "emb_len": 32, "num_layers": 2,
-                 "num_heads": 4, "dropout": 0.25}
+                 "num_heads": 4, "dropout": 0.25, "positions": "rotary"}
     assert ModelConfig.from_dict(d) == config
 
 
@@ -158,13 +158,32 @@ def test_rotary_scores_depend_only_on_how_far_apart_two_tokens_are():
                               five[..., 0, :] @ five[..., 1, :].transpose(-2, -1))
 
 
-def test_the_model_reads_word_order():
-    # One layer with no position table: without rotate() the last position would average over the
-    # earlier tokens in any order. Swapping two of them must change its prediction.
-    model = peaked_model(num_layers=1)
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_the_model_reads_word_order(positions):
+    # One layer: without its positions (the table's vectors, or rotate()) the last position would
+    # average over the earlier tokens in any order. Swapping two of them must change its prediction.
+    model = peaked_model(num_layers=1, positions=positions)
     ids = prompt(3, 1, 4, 1, 5, 9)
     swapped = prompt(1, 3, 4, 1, 5, 9)
     assert not torch.allclose(model(ids)[0][0, -1], model(swapped)[0][0, -1])
+
+
+def test_without_positions_word_order_would_be_invisible():
+    # The control for the test above: rotary positions switched off inside attention, no table.
+    model = peaked_model(num_layers=1, positions="rotary")
+    model.blocks[0].attn.rotary = False
+    ids, swapped = prompt(3, 1, 4, 1, 5, 9), prompt(1, 3, 4, 1, 5, 9)
+    assert torch.allclose(model(ids)[0][0, -1], model(swapped)[0][0, -1], atol=1e-5)
+
+
+def test_learned_positions_are_a_table_added_to_the_token_vectors():
+    model = tiny_model(positions="learned")
+    assert model.pos_emb.weight.shape == (32, 32) and tiny_model(positions="rotary").pos_emb is None
+    ids = prompt(3, 1, 4)
+    expected = model.tok_emb(ids) + model.pos_emb.weight[:3]                   # position t gets row t
+    assert torch.equal(model.embed(ids, torch.arange(3)), expected)
+    assert not any(block.attn.rotary for block in model.blocks)               # nothing turned inside
+    assert model.num_params() == tiny_model().num_params() + 32 * 32
 
 
 def test_attention_impl_rejects_unknown_names():
@@ -223,10 +242,11 @@ def test_bf16_autocast_forward_is_close_to_fp32():
 
 # ───────────────────────────────────────── generation ────────────────────────────────────────────
 
-def test_kv_cache_matches_full_recomputation_over_200_sampled_steps():
-    # Sampled, not greedy: a random model with no position table falls into repeating one token
-    # when greedy, and a varied sequence exercises the cache better. Same seed, same draws.
-    model = peaked_model(block_size=256)
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_kv_cache_matches_full_recomputation_over_200_sampled_steps(positions):
+    # Sampled, not greedy: a random model falls into repeating one token when greedy, and a varied
+    # sequence exercises the cache better. Same seed, same draws.
+    model = peaked_model(block_size=256, positions=positions)
     start = prompt(3, 1, 4, 1, 5)
     cached, recomputed = (model.generate(start, 200, generator=torch.Generator().manual_seed(1), use_cache=use)
                           for use in (True, False))
@@ -245,8 +265,9 @@ def test_kv_cache_matches_full_recomputation_over_200_sampled_steps():
     assert torch.allclose(torch.cat(step_logits), full[0, 4:-1], atol=1e-4)
 
 
-def test_cache_on_and_off_give_the_same_text_under_default_sampling():
-    model = peaked_model()                                      # block_size 32: the window restarts
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_cache_on_and_off_give_the_same_text_under_default_sampling(positions):
+    model = peaked_model(positions=positions)                   # block_size 32: the window restarts
     for seed in (1, 2, 3):
         texts = [model.generate(prompt(3, 1, 4), 80, temperature=0.8, top_p=0.95, use_cache=use_cache,
                                 generator=torch.Generator().manual_seed(seed)) for use_cache in (True, False)]

@@ -206,32 +206,24 @@ def test_sigkill_at_any_moment_loses_no_finished_checkpoint_and_resuming_ends_as
     assert not list(weights.glob("*.tmp"))                  # the killed saves' temp files are cleared away
 
 
-def test_a_run_in_two_stages_killed_in_each_ends_as_if_never_killed(scripts, tiny, tmp_path):
-    """teacher = "first": the tiny run as a teacher, then a model that learns from it. Killed in the
-    teacher's stage, then in the model's; the reruns resume each where it was, and end with the very
-    teacher and model of the uninterrupted two stages."""
-    args = lambda weights: [*train_args(tiny, weights), "--teacher", "first"]      # noqa: E731
+def test_a_run_learning_from_a_teacher_killed_twice_ends_as_if_never_killed(scripts, tiny, tmp_path):
+    """--teacher PATH: the tiny run's model as the teacher of a new one. Killed after its checkpoints
+    at steps 20 and 40, the reruns resume and end with the very model of the uninterrupted run."""
+    args = lambda weights: [*train_args(tiny, weights), "--teacher", tiny["reference"] / "weights-best.pth"]  # noqa: E731
     reference = scripts.run("train.py", *args(tmp_path / "whole"), cwd=tmp_path)
-    assert reference.returncode == 0, reference.stderr
+    assert reference.returncode == 0 and "teacher: " in reference.stderr, reference.stderr
     weights = tmp_path / "killed"
-    # 1. Killed in the first stage, just after the teacher's checkpoint at step 40.
-    first = scripts.run("train.py", *args(weights), cwd=tmp_path, fault=[["kill_on_print", "step 40:"]])
-    assert first.returncode == KILLED and "stage 2" not in first.stderr, first.stderr
-    # 2. The teacher resumes from 40 and finishes; the model starts, killed after its step 40.
-    second = scripts.run("train.py", *args(weights), cwd=tmp_path, fault=[["kill_on_print", "step 40:"]])
-    assert second.returncode == KILLED, second.stderr
-    assert "teacher/weights-latest.pth at step 40" in second.stderr and "stage 2 of 2" in second.stderr
-    # 3. Nothing left for the teacher; the model resumes from its step 40 and finishes.
-    third = scripts.run("train.py", *args(weights), cwd=tmp_path)
-    assert third.returncode == 0, third.stderr
-    assert "weights-latest.pth is already at step 60" in third.stderr and "at step 40" in third.stderr
-    for stage in ("teacher", "."):
-        got, want = assert_checkpoints_load(weights / stage), assert_checkpoints_load(tmp_path / "whole" / stage)
-        for name in ("weights-latest.pth", "weights-best.pth"):
-            assert got[name]["step"] == want[name]["step"] == 60
-            for key, tensor in want[name]["model"].items():
-                assert got[name]["model"][key].equal(tensor), (stage, name, key)
-        assert history(weights / stage) == history(tmp_path / "whole" / stage)
+    for checkpoint in ("step 20:", "step 40:"):
+        killed = scripts.run("train.py", *args(weights), cwd=tmp_path, fault=[["kill_on_print", checkpoint]])
+        assert killed.returncode == KILLED, killed.stderr
+    last = scripts.run("train.py", *args(weights), cwd=tmp_path)
+    assert last.returncode == 0 and "at step 40" in last.stderr, last.stderr
+    got, want = assert_checkpoints_load(weights), assert_checkpoints_load(tmp_path / "whole")
+    for name in ("weights-latest.pth", "weights-best.pth"):
+        assert got[name]["step"] == want[name]["step"] == 60
+        for key, tensor in want[name]["model"].items():
+            assert got[name]["model"][key].equal(tensor), (name, key)
+    assert history(weights) == history(tmp_path / "whole")
 
 
 def test_a_run_killed_during_its_final_evaluation_does_it_on_the_next_run(scripts, tiny):
@@ -349,16 +341,6 @@ def code_pickle(path: Path, marker: Path, container: str) -> None:
         path.write_bytes(pickle.dumps(payload, protocol=2))
 
 
-def older_version(good: bytes, path: Path) -> None:
-    """The same checkpoint as written before rotary positions: format_version 1, a position table."""
-    import io
-    import torch
-    ckpt = torch.load(io.BytesIO(good), weights_only=True)
-    c = ckpt["model_config"]
-    ckpt["model"]["pos_emb.weight"] = torch.zeros(c["block_size"], c["emb_len"])
-    torch.save({**ckpt, "format_version": 1}, path)
-
-
 BROKEN_CHECKPOINTS = {
     # case: (make the bad file from the good one's bytes, words the error must hold)
     "zero-length": (lambda good, path, marker: path.write_bytes(b""), "empty file"),
@@ -367,8 +349,6 @@ BROKEN_CHECKPOINTS = {
                 "not a PyTorch checkpoint"),
     "code in torch.save pickle": (lambda good, path, marker: code_pickle(path, marker, "torch.save"), "refused"),
     "code in plain pickle": (lambda good, path, marker: code_pickle(path, marker, "pickle"), "refused"),
-    "older version (learned positions)": (lambda good, path, marker: older_version(good, path),
-                                          "older version of this code"),
 }
 
 
@@ -386,6 +366,25 @@ def test_broken_checkpoint_is_named_and_refused_by_run_and_train_and_no_code_run
     assert_one_error_line(resumed, "weights-latest.pth", words, "--fresh")
     assert not marker.exists()
     assert file_hashes(tiny["root"]) == before
+
+
+def test_checkpoints_from_before_positions_were_named_run_with_the_positions_they_held(scripts, tiny):
+    """Format 1 held a learned position table, format 2 rotary positions; neither named them. run.py
+    runs both: a format-2 copy of the tiny (rotary) model writes the very text the model writes."""
+    import torch
+    best = tiny["weights_dir"] / "weights-best.pth"
+    prompt = ["--max-new-tokens", "20", "--device", "cpu"]
+    expected = scripts.run("run.py", *run_args(tiny), *prompt, cwd=tiny["root"])
+    assert expected.returncode == 0 and expected.stdout, expected.stderr
+    ckpt = torch.load(best, weights_only=True)
+    assert ckpt["model_config"].pop("positions") == "rotary"
+    torch.save({**ckpt, "format_version": 2}, best)
+    again = scripts.run("run.py", *run_args(tiny), *prompt, cwd=tiny["root"])
+    assert again.returncode == 0 and again.stdout == expected.stdout, again.stderr
+    ckpt["model"]["pos_emb.weight"] = torch.zeros(ckpt["model_config"]["block_size"], ckpt["model_config"]["emb_len"])
+    torch.save({**ckpt, "format_version": 1}, best)
+    learned = scripts.run("run.py", *run_args(tiny), *prompt, cwd=tiny["root"])
+    assert learned.returncode == 0 and learned.stdout, learned.stderr       # a model without rotations now
 
 
 # ─────────────────────────────────────── damaged tokenizer ──────────────────────────────────────
@@ -439,11 +438,12 @@ def scripts_with_params(folder: Path, **values) -> Path:
 
 def test_edited_model_params_makes_train_refuse_to_resume_until_fresh(scripts, tiny, tmp_path):
     # Model_Params.py as the tiny model was trained (conftest's flags), then edited.
+    # The settings that are flags only (no line in Model_Params.py) stay flags.
     flags = dict(zip(TINY_TRAIN_FLAGS[::2], TINY_TRAIN_FLAGS[1::2]))
     trained = {name[2:]: type(getattr(Model_Params, name[2:]))(value)
-               for name, value in flags.items() if name != "--seed"}
-    folders = ["--input", tiny["input"], "--tokenizer-dir", tiny["tokenizer_dir"],
-               "--weights-dir", tiny["weights_dir"], "--seed", flags["--seed"]]
+               for name, value in flags.items() if hasattr(Model_Params, name[2:])}
+    folders = ["--input", tiny["input"], "--tokenizer-dir", tiny["tokenizer_dir"], "--weights-dir", tiny["weights_dir"],
+               *[arg for name, value in flags.items() if not hasattr(Model_Params, name[2:]) for arg in (name, value)]]
     before = file_hashes(tiny["weights_dir"])
 
     # A setting that does not shape the weights: resumes (here: nothing left to do) and says what changed.
