@@ -365,8 +365,8 @@ def _read_json(path: Path, key: str | None = None):
     if key is not None:
         if _is_original_format(data):
             raise TokenizerError(f"{path}: this is the original project's tokenizer format (merges as "
-                                 f"text pairs), which this code does not read — run `python "
-                                 f"init.py` to make a tokenizer in this format")
+                                 f"pairs of its own token ids, no format_version), which this code does "
+                                 f"not read — run `python init.py` to make a tokenizer in this format")
         if not isinstance(data, dict) or "format_version" not in data or key not in data:
             raise TokenizerError(f"{path}: expected an object with \"format_version\" "
                                  f"and \"{key}\"")
@@ -378,11 +378,10 @@ def _read_json(path: Path, key: str | None = None):
 
 def _is_original_format(data) -> bool:
     """Whether a merges.json holds the original project's merges: no "format_version", and the
-    merges written as text (a list of ["t", "h"] pairs, or an object keyed by text)."""
+    merges as bare pairs of its token ids (or of their text): a list of pairs, or an object keyed by them."""
     if isinstance(data, dict):
         return bool(data) and "format_version" not in data and "merges" not in data
-    return isinstance(data, list) and any(isinstance(x, str) for pair in data
-                                          if isinstance(pair, list) for x in pair)
+    return isinstance(data, list) and bool(data) and all(isinstance(pair, list) and len(pair) == 2 for pair in data)
 
 
 def _difference(got, expected: dict) -> str | None:

@@ -8,8 +8,8 @@ gradient of 1e-9 moves a weight as far as one of 1e-1. A token the training text
 still gets a gradient at every step: the softmax pushes its output row (tied to its embedding)
 away from the hidden states. Adam turns that push, however small, into full-size steps, so the
 row grows and the model ends up betting ~20 nats against the token, far below a fair share. ε is
-the gradient size below which Adam's steps shrink: 1e-5 (Model_Params) instead of PyTorch's 1e-8
-stops that push early, while gradients well above it move their weights as before.
+the gradient size below which Adam's steps shrink: 1e-4 (train.py's --adam-eps) instead of PyTorch's
+1e-8 stops that push early, while gradients well above it move their weights as before.
 """
 from __future__ import annotations
 

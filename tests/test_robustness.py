@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 import Model_Params
-from conftest import REPO, TINY_TEXT, TINY_TRAIN_FLAGS
+from conftest import REPO, TINY_TEXT, TINY_TRAIN_FLAGS, run_script
 from support.checkpoints import load_checkpoint, model_from_checkpoint
 from support import id_cache
 from support.corpus import count_chunks, read_pieces
@@ -434,6 +434,48 @@ def scripts_with_params(folder: Path, **values) -> Path:
         assert found == 1, name
     (folder / "Model_Params.py").write_text(source, encoding="utf-8")
     return folder
+
+
+def test_init_and_run_take_every_option_in_both_spellings_and_show_one():
+    import init
+    import run
+    assert vars(init.parse_args(["--vocab_size", "300", "--sample_bytes", "1M"])) == \
+        vars(init.parse_args(["--vocab-size", "300", "--sample-bytes", "1M"]))
+    underscores = ["--max_new_tokens", "5", "--top_p", "0.5", "--top_k", "3", "--tokenizer_dir", "x",
+                   "--eval_stride", "3", "--eval", "f"]
+    assert vars(run.parse_args(underscores, Model_Params)) == \
+        vars(run.parse_args([a.replace("_", "-") if a.startswith("--") else a for a in underscores], Model_Params))
+    for script in ("init.py", "run.py"):
+        shown = run_script(script, "--help").stdout
+        options = set(re.findall(r"(?<![\w-])--[a-z][a-z_-]*", shown))
+        assert options and not [option for option in options if "_" in option], (script, options)
+
+
+def test_your_own_text_just_works_replace_input_then_init_then_train(scripts, tmp_path):
+    """README's recipe, word for word, in a copy of the project: Model_Params.py set to a tiny model,
+    `python init.py && python train.py` on one text, then input.txt replaced by another and the same
+    two commands, with no flag. The second run starts, and the first run's files are kept aside."""
+    flags = dict(zip(TINY_TRAIN_FLAGS[::2], TINY_TRAIN_FLAGS[1::2]))
+    tiny_params = {name[2:]: type(getattr(Model_Params, name[2:]))(value)
+                   for name, value in flags.items() if hasattr(Model_Params, name[2:])}
+    project = scripts_with_params(tmp_path / "project", **{**tiny_params, "max_iters": 20, "eval_interval": 10})
+    (project / "Train_Data").mkdir()
+    weights = project / "Saved_Weights"
+    first_run = {}
+    for text in (TINY_TEXT, TINY_TEXT.replace("fox", "cat").replace("dog", "hen")):
+        (project / "Train_Data" / "input.txt").write_text(text, encoding="utf-8")
+        for script in ("init.py", "train.py"):
+            result = scripts.run(project / script, cwd=project)
+            assert result.returncode == 0, result.stderr
+        if not first_run:
+            first_run = file_hashes(weights)
+            assert {"weights-latest.pth", "weights-best.pth", "loss_history.csv"} <= set(first_run)
+    assert f"moved the run that was in {weights}/ to {weights / 'earlier-run-1'}/" in result.stderr
+    assert "starting fresh" in result.stderr
+    kept = file_hashes(weights / "earlier-run-1")
+    assert kept == {name: digest for name, digest in first_run.items() if name in kept}
+    assert set(kept) >= {"weights-latest.pth", "weights-best.pth", "loss_history.csv"}
+    assert [row["step"] for row in history(weights)] == ["10", "20", "20"]     # the new run's own history
 
 
 def test_edited_model_params_makes_train_refuse_to_resume_until_fresh(scripts, tiny, tmp_path):

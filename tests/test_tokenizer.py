@@ -593,27 +593,28 @@ def test_an_interrupted_save_leaves_the_old_tokenizer_intact(saved, english_tok,
 
 
 # The original project's tokenizer_save/: a character-level base vocabulary (the 65 characters of
-# its Shakespeare text), then merges written as text pairs, and no format_version anywhere.
+# its Shakespeare text), then merges as pairs of its own token ids, and no format_version anywhere.
 ORIGINAL_CHARS = "\n !$&',-.3:;?" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "abcdefghijklmnopqrstuvwxyz"
 ORIGINAL_MERGES = [("t", "h"), ("th", "e"), ("e", " ")]
 
 
-def write_original_tokenizer(folder: Path, merges_as_object: bool) -> None:
+def write_original_tokenizer(folder: Path, merges_as: str) -> None:
     stoi = {ch: i for i, ch in enumerate(ORIGINAL_CHARS)}
     for left, right in ORIGINAL_MERGES:
         stoi[left + right] = len(stoi)
-    merges = ({f"{left}{right}": [left, right] for left, right in ORIGINAL_MERGES} if merges_as_object
-              else [[left, right] for left, right in ORIGINAL_MERGES])
+    merges = {"id pairs": [[stoi[left], stoi[right]] for left, right in ORIGINAL_MERGES],
+              "text pairs": [[left, right] for left, right in ORIGINAL_MERGES],
+              "an object": {str(stoi[left + right]): [stoi[left], stoi[right]] for left, right in ORIGINAL_MERGES}}
     folder.mkdir()
     for name, data in {"stoi.json": stoi, "itos.json": {str(i): s for s, i in stoi.items()},
-                       "merges.json": merges, "vocab_size.json": len(stoi)}.items():
+                       "merges.json": merges[merges_as], "vocab_size.json": len(stoi)}.items():
         (folder / name).write_text(json.dumps(data), encoding="utf-8")
 
 
-@pytest.mark.parametrize("merges_as_object", [False, True], ids=["merges as a list", "merges as an object"])
-def test_a_tokenizer_of_the_original_project_is_named_as_such_with_what_to_run(tmp_path, merges_as_object):
+@pytest.mark.parametrize("merges_as", ["id pairs", "text pairs", "an object"])
+def test_a_tokenizer_of_the_original_project_is_named_as_such_with_what_to_run(tmp_path, merges_as):
     assert len(ORIGINAL_CHARS) == 65
-    write_original_tokenizer(tmp_path / "tokenizer_save", merges_as_object)
+    write_original_tokenizer(tmp_path / "tokenizer_save", merges_as)
     with pytest.raises(TokenizerError) as err:
         Tokenizer.load(tmp_path / "tokenizer_save")
     message = str(err.value)
