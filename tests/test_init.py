@@ -273,7 +273,7 @@ def damaged_copy(tmp_path):
 
 def original_tokenizer(tmp_path):
     from test_tokenizer import write_original_tokenizer
-    write_original_tokenizer(tmp_path / "tokenizer_save", merges_as_object=False)
+    write_original_tokenizer(tmp_path / "tokenizer_save", "id pairs")
     return tmp_path / "tokenizer_save"
 
 
