@@ -179,7 +179,7 @@ def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained,
 
 def test_weight_average_is_evaluated_kept_as_best_and_resumed_exactly(tiny_trained, tmp_path, capsys):
     flags = (*SMALL, "--max_iters", "12", "--eval_interval", "5", "--dropout", "0.1", "--seed", "5",
-             "--ema_decay", "0.8", "--dtype", "float32")      # float32: scored again below, exactly
+             "--ema_decay", "0.8", "--dtype", "float32", "--device", "cpu")   # scored again below on the CPU, exactly
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert call_main(capsys, *paths(tiny_trained, whole), *flags)[0] == 0
     assert call_main(capsys, *paths(tiny_trained, parts), *flags, "--stop-at-step", "7")[0] == 0
@@ -739,7 +739,7 @@ def test_best_checkpoint_keeps_the_best_evaluation_when_validation_gets_worse(ti
 
 
 def test_float16_with_gradient_scaler_trains_on_cpu_and_resumes_exactly(tiny_trained, tmp_path, capsys):
-    flags = (*SMALL, "--max_iters", "8", "--eval_interval", "4", "--dtype", "float16", "--seed", "3")
+    flags = (*SMALL, "--max_iters", "8", "--eval_interval", "4", "--dtype", "float16", "--seed", "3", "--device", "cpu")
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     code, err = call_main(capsys, *paths(tiny_trained, whole), *flags)
     assert code == 0 and "autocast float16" in err, err
