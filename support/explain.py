@@ -4,7 +4,8 @@ Read this when you want to watch tokenizer.py's lesson play out on your own word
 the pre-split, then every merge that fires, in the order the merges were learned, each followed by
 the text's tokens after it, and last the token ids. The steps are those of tokenizer.encode_bpe,
 the plain algorithm (through its on_merge callback), so what is shown is what the tests trust;
-its ids are those of Tokenizer.encode.
+its ids are those of Tokenizer.encode. run.py's --html page shows the merges that built each token
+in the same lines (token_merges, merge_line).
 
 In a terminal the tokens sit on alternating background colours; otherwise (a pipe, a file), or
 whenever the NO_COLOR environment variable is set, they are separated by `|` and no escape codes
@@ -58,11 +59,28 @@ def explain(tok, text: str, colour: bool) -> list[str]:
     for rank, group in groupby(sorted(steps, key=lambda step: step[:2]), key=lambda step: step[0]):
         for _, at, after in group:
             current[at] = after
-        left, right = tok.merges[rank]
-        lines.append(f"merge #{rank}: {tok.token_text(left)!r} + {tok.token_text(right)!r} -> "
-                     f"{tok.token_text(NUM_BYTES + rank)!r} (id {NUM_BYTES + rank})")
+        lines.append(merge_line(tok, rank))
         lines.append(f"        {tokens(current)}")
     lines.append(f"ids:    {ids}")
     lines.append(f"{len(text)} characters -> {len(ids)} tokens: "
                  f"{len(text) / len(ids):.2f} characters per token")
     return lines
+
+
+def merge_line(tok, rank: int) -> str:
+    """One merge, as --explain shows it: merge #rank: 'left' + 'right' -> 'new' (id of new)."""
+    left, right = tok.merges[rank]
+    return (f"merge #{rank}: {tok.token_text(left)!r} + {tok.token_text(right)!r} -> "
+            f"{tok.token_text(NUM_BYTES + rank)!r} (id {NUM_BYTES + rank})")
+
+
+def token_merges(tok, token_id: int) -> list[int]:
+    """The ranks of the merges that built a token, in the order they were learned (and fire): its
+    own merge, the merges that built its two parts, and so on down to bytes ([] for a byte)."""
+    ranks, todo = [], [token_id]
+    while todo:
+        rank = todo.pop() - NUM_BYTES
+        if rank >= 0:
+            ranks.append(rank)
+            todo += tok.merges[rank]
+    return sorted(set(ranks))
