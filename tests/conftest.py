@@ -3,9 +3,18 @@ tiny model trained once per session by the real init.py and train.py (`tiny_trai
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run and machine (derandomize) and keep no example
+# database; Hypothesis's own cache goes to the system's temp folder, so no test run leaves a
+# .hypothesis folder in the checkout.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "gpt-tests-hypothesis"))
+settings.register_profile("reproducible", derandomize=True, database=None)
+settings.load_profile("reproducible")
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -25,6 +34,9 @@ def run_script(script: str, *args: str, cwd: Path | None = None, input: str | No
 TINY_TEXT = "".join(f"the quick brown fox {i % 7} jumps over the lazy dog; café au lait n°{i % 3}.\n"
                     for i in range(300))
 TINY_VOCAB = 300
+# Tests that compare a script's figures with ones computed here, on the CPU, pin the script to the CPU
+# too; every other run takes whatever device `--device auto` finds.
+ON_CPU = ("--device", "cpu")
 # 2 layers, 32 wide, 16-token context: 60 steps take about a second on one CPU core and leave a
 # model that has all but memorised the text (val loss ~0.2 nats/token). The optimizer (AdamW, its ε),
 # the length (60 steps, no max_epochs) and one model (no teacher) are pinned so that retuning
@@ -50,8 +62,9 @@ def tiny_trained(tmp_path_factory) -> dict:
     tokenizer_dir, weights_dir = root / "tokenizer", root / "weights"
     init = run_script("init.py", "--input", text_path, "--vocab-size", TINY_VOCAB, "--out", tokenizer_dir)
     assert init.returncode == 0, init.stderr
+    # On the CPU: tests compare this model's checkpoints and figures with CPU computations.
     train = run_script("train.py", "--input", text_path, "--tokenizer-dir", tokenizer_dir,
-                       "--weights-dir", weights_dir, *TINY_TRAIN_FLAGS)
+                       "--weights-dir", weights_dir, *TINY_TRAIN_FLAGS, *ON_CPU)
     assert train.returncode == 0, train.stderr
     return {"input": text_path, "tokenizer_dir": tokenizer_dir, "weights_dir": weights_dir,
             "train_flags": TINY_TRAIN_FLAGS, "train_stderr": train.stderr}
