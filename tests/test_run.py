@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from conftest import REPO, TINY_TEXT, run_script
+from conftest import ON_CPU, REPO, TINY_TEXT, run_script
 from support.checkpoints import load_checkpoint, model_from_checkpoint
 from run import eval_windows, find_weights
 from support.text_io import shown_length
@@ -100,6 +100,29 @@ def test_every_kind_of_prompt_gets_one_continuation_per_line(tiny):
     assert result.stderr.count(LONG_NOTE) == 1     # noted once, not per prompt or per token
 
 
+def test_a_prompt_longer_than_the_context_continues_as_its_last_block_size_tokens_would(tiny):
+    """run.py fed the long prompt, its last BLOCK tokens, and its last BLOCK - 1 tokens (one prompt
+    per stdin line, reseeded for each): the first two print the same continuation and the same
+    candidates before every token; the third does not, so the match is exact, not approximate."""
+    tokenizer = tiny["tokenizer"]
+    # The prompt starts with another line than it ends with: keeping its start would show.
+    long_prompt = "café au lait n°1. the quick brown fox 5 jumps over the lazy dog; café au lait n°2. the quick brown fox 3"
+    ids = tokenizer.encode(long_prompt)
+    assert len(ids) > BLOCK + 4
+    last, one_fewer = tokenizer.decode(ids[-BLOCK:]), tokenizer.decode(ids[-BLOCK + 1:])
+    assert tokenizer.encode(last) == ids[-BLOCK:] and tokenizer.encode(one_fewer) == ids[-BLOCK + 1:]
+    result = run_tiny(tiny, "--seed", "3", "--temperature", "1.5", "--max-new-tokens", "8", "--show-probs", "4",
+                      input=f"{long_prompt}\n{last}\n{one_fewer}\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(LONG_NOTE) == 1
+    continuations = result.stdout.split("\n")[:3]
+    candidates = [line for line in result.stderr.splitlines() if "%" in line]
+    assert len(candidates) == 3 * 8
+    per_prompt = [candidates[i * 8:(i + 1) * 8] for i in range(3)]
+    assert continuations[0] == continuations[1] and per_prompt[0] == per_prompt[1]
+    assert per_prompt[2] != per_prompt[1]
+
+
 def test_closed_stdin_exits_quietly(tiny):
     closed = subprocess.run(
         ["bash", "-c", 'exec "$0" "$@" <&-', sys.executable, str(REPO / "run.py"),
@@ -117,7 +140,7 @@ def test_stop_text_ends_the_continuation_before_it(tiny):
     text = tokenizer.decode(greedy[0, prompt.shape[1]:].tolist())
     stop = text[8:14]                               # spans several tokens
     result = run_tiny(tiny, "--prompt", "the quick", "--temperature", "0", "--max-new-tokens", "40",
-                 "--stop", stop)
+                      "--stop", stop, *ON_CPU)                 # greedy on the CPU, as above
     assert result.returncode == 0, result.stderr
     assert result.stdout == text[:text.find(stop)] + "\n"
 
@@ -248,7 +271,7 @@ def test_eval_figures_match_a_hand_computation(tiny, tmp_path):
     text = TINY_TEXT[:300] + "unseen — 生存还是毁灭 🙂\n" + TINY_TEXT[-100:]
     path = tmp_path / "text.txt"
     path.write_text(text, encoding="utf-8")
-    result = run_tiny(tiny, "--eval", path)
+    result = run_tiny(tiny, "--eval", path, *ON_CPU)          # the hand computation runs on the CPU
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
     got = parse_figures(result.stdout)
