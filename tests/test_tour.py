@@ -1,8 +1,14 @@
-"""A newcomer's first session on a fresh clone: README's tour (init, a short train, run) leaves every
-shipped file as it was, and run.py says which model it runs."""
+"""A newcomer's first session on a fresh copy of the project: README's tour (init, a short train, run)
+leaves every shipped file as it was, and run.py says which model it runs.
+
+The copy is made from the files themselves (no git needed), less what a run leaves behind. What a
+user may change in a checkout (the training text, the tokenizer, Model_Params.py) is checked
+against the shipped model first: a check that needs the shipped one is skipped, saying so, when the
+user changed it, and fails when it is as committed yet disagrees with the shipped model."""
 import hashlib
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,53 +17,108 @@ from conftest import REPO, run_script
 # Train_Data/input.txt as shipped. The tour is checked on that text: on another one, init.py
 # rightly makes another tokenizer.
 SHIPPED_CORPUS_SHA256 = "51e179f2503a09b911e993aba609bb1180a21a72ab9b7561ba68c09bb6db4a28"
+SHIPPED_WEIGHTS = Path("Saved_Weights") / "pretrained.pth"
+
+# What a run or a test leaves in the tree, never part of a fresh copy (as in .gitignore).
+LEFT_BEHIND = (".git", "__pycache__", "*.pyc", ".venv", "venv", ".pytest_cache", ".hypothesis", ".cache", "*.tmp",
+               "tokenizer_save.tmp*", "tokenizer_save.old*")
 
 
-def require_shipped_corpus() -> None:
-    digest = hashlib.sha256((REPO / "Train_Data" / "input.txt").read_bytes()).hexdigest()
-    if digest != SHIPPED_CORPUS_SHA256:
-        pytest.skip("Train_Data/input.txt is not the shipped corpus (you replaced it, as README invites); "
-                    "this check needs the shipped one: `git checkout Train_Data/input.txt`")
+def committed_unchanged(path: str) -> bool | None:
+    """Whether `path` (relative to the repo) is as the last commit has it; None without git."""
+    try:
+        result = subprocess.run(["git", "status", "--porcelain", "--", path], cwd=REPO, capture_output=True,
+                                text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() == "" if result.returncode == 0 else None
 
 
-def git(*args, cwd) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+def require_shipped(path: str, as_shipped: bool, problem: str) -> None:
+    """Skip (saying why) when the user changed `path` so that `problem` holds, or when without git
+    there is no telling; fail when it is as committed, since then the shipped files disagree."""
+    if as_shipped:
+        return
+    if committed_unchanged(path):
+        pytest.fail(f"{path} is as committed, yet {problem}")
+    pytest.skip(f"{path} is not as shipped ({problem}); this check needs the shipped one: `git checkout {path}`")
+
+
+def require_shipped_corpus(root: Path = REPO) -> None:
+    digest = hashlib.sha256((root / "Train_Data" / "input.txt").read_bytes()).hexdigest()
+    require_shipped("Train_Data/input.txt", digest == SHIPPED_CORPUS_SHA256,
+                    "its sha256 is not the shipped corpus's; you replaced it, as README invites")
+
+
+def require_shipped_tokenizer(root: Path = REPO) -> None:
+    from support.checkpoints import load_checkpoint
+    from tokenizer import Tokenizer, TokenizerError
+    try:
+        fingerprint = Tokenizer.load(root / "tokenizer_save").fingerprint()
+    except TokenizerError:
+        fingerprint = None
+    shipped = load_checkpoint(root / SHIPPED_WEIGHTS)["tokenizer_fingerprint"]
+    require_shipped("tokenizer_save", fingerprint == shipped,
+                    f"it is not the tokenizer {SHIPPED_WEIGHTS} was trained with")
+
+
+def model_params_differences(source: str, model_config: dict) -> list[str]:
+    """The model settings in Model_Params.py's source whose values differ from model_config's."""
+    params: dict = {}
+    exec(compile(source, "Model_Params.py", "exec"), params)
+    return [f"{name} {params.get(name)!r} (shipped model: {value!r})"
+            for name, value in model_config.items() if params.get(name) != value]
+
+
+def copy_of_the_project(destination: Path) -> Path:
+    """The project's files as a fresh clone has them: the tree, less what runs and tests leave
+    behind, and in Saved_Weights/ only what ships (the pretrained model and its pictures)."""
+    def ignore(folder, names):
+        left = set(shutil.ignore_patterns(*LEFT_BEHIND)(folder, names))
+        if Path(folder) == REPO / "Saved_Weights":
+            left |= {name for name in names if not name.startswith("pretrained") and name != ".gitkeep"}
+        return left
+    return Path(shutil.copytree(REPO, destination, ignore=ignore))
+
+
+def file_hashes(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
-def fresh_clone(tmp_path):
-    """The repository's tracked files as a new clone has them, in a git repository of their own."""
+def fresh_copy(tmp_path):
+    """A copy of the project as shipped (see the module's docstring for what is checked first)."""
+    from support.checkpoints import load_checkpoint
     require_shipped_corpus()
-    clone = tmp_path / "clone"
-    for name in git("ls-files", "-z", cwd=REPO).split("\0"):
-        if name and (REPO / name).is_file():
-            (clone / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, clone / name)
-    git("init", "-q", cwd=clone)
-    git("add", "-A", cwd=clone)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "clone", cwd=clone)
-    return clone
+    require_shipped_tokenizer()
+    shipped_config = load_checkpoint(REPO / SHIPPED_WEIGHTS)["model_config"]
+    differ = model_params_differences((REPO / "Model_Params.py").read_text(encoding="utf-8"), shipped_config)
+    require_shipped("Model_Params.py", not differ, f"it differs from the shipped model: {', '.join(differ)}")
+    return copy_of_the_project(tmp_path / "copy")
 
 
-def test_the_tour_on_a_fresh_clone_keeps_the_shipped_files_and_run_names_what_it_loads(fresh_clone):
-    shipped = run_script(fresh_clone / "run.py", "--prompt", "ROMEO:", "--max-new-tokens", "5", "--seed", "1",
-                         cwd=fresh_clone)
+def test_the_tour_on_a_fresh_copy_keeps_the_shipped_files_and_run_names_what_it_loads(fresh_copy):
+    shipped_files = file_hashes(fresh_copy)
+    shipped = run_script(fresh_copy / "run.py", "--prompt", "ROMEO:", "--max-new-tokens", "5", "--seed", "1",
+                         cwd=fresh_copy)
     assert shipped.returncode == 0, shipped.stderr
-    assert "pretrained.pth" in shipped.stderr and "shipped" in shipped.stderr
+    first_line = shipped.stderr.splitlines()[0]
+    assert "pretrained.pth" in first_line and "shipped" in first_line
+    assert "Model_Params.py differs" not in shipped.stderr      # the shipped settings describe the shipped model
 
-    init = run_script(fresh_clone / "init.py", cwd=fresh_clone)
+    init = run_script(fresh_copy / "init.py", cwd=fresh_copy)
     assert init.returncode == 0, init.stderr
-    assert git("status", "--porcelain", cwd=fresh_clone) == ""      # the same tokenizer, byte for byte
-    train = run_script(fresh_clone / "train.py", "--stop-at-step", "2", "--eval_interval", "1",
-                       cwd=fresh_clone, timeout=900)
+    assert file_hashes(fresh_copy) == shipped_files              # the same tokenizer, byte for byte
+    train = run_script(fresh_copy / "train.py", "--stop-at-step", "2", "--eval_interval", "1",
+                       cwd=fresh_copy, timeout=900)
     assert train.returncode == 0, train.stderr
-    assert (fresh_clone / "Saved_Weights" / "weights-best.pth").is_file()
+    assert (fresh_copy / "Saved_Weights" / "weights-best.pth").is_file()
 
-    yours = run_script(fresh_clone / "run.py", "--prompt", "ROMEO:", "--max-new-tokens", "5", "--seed", "1",
-                       cwd=fresh_clone)
+    yours = run_script(fresh_copy / "run.py", "--prompt", "ROMEO:", "--max-new-tokens", "5", "--seed", "1",
+                       cwd=fresh_copy)
     assert yours.returncode == 0, yours.stderr
     assert "weights-best.pth" in yours.stderr.splitlines()[0]
-    # Nothing tracked changed: the shipped model, its loss curve and the tokenizer are as cloned.
-    modified = [line for line in git("status", "--porcelain", cwd=fresh_clone).splitlines()
-                if not line.startswith("??")]
-    assert modified == []
+    # Every shipped file is as it was: the shipped model, its pictures, the tokenizer, the text.
+    after = file_hashes(fresh_copy)
+    assert {name: after.get(name) for name in shipped_files} == shipped_files
