@@ -6,8 +6,8 @@
     python run.py --eval some.txt            # how well the model predicts a text, in nats/bits per char
 
 See inside: --show-probs K (what the model weighed before each token), --trace (one forward pass,
-stage by stage), --attention FILE.png (where each head looks), --eval FILE --html OUT.html (its
-surprise at each token); their numbers and drawings live in support/see_inside*.py.
+stage by stage), --attention FILE.png (where each head looks), --html OUT.html (a page of the run:
+click any token); their numbers, drawings and page live in support/see_inside*.py.
 
 Only generated text goes to stdout (so `> out.txt` is clean); everything else goes to stderr.
 Each continuation is followed by one newline. The model is rebuilt from its checkpoint's own
@@ -94,8 +94,8 @@ def parse_args(argv, params) -> argparse.Namespace:
                       "forward pass, then the top-5 next tokens (generates nothing)")
     look.add_argument("--attention", type=Path, metavar="FILE.png", help="with --prompt: draw every layer "
                       "and head's attention over the prompt (generates nothing; needs matplotlib)")
-    look.add_argument("--html", type=Path, metavar="OUT.html", help="with --eval: a page of the text, each "
-                      "token coloured by the model's surprise, with its top guesses")
+    look.add_argument("--html", type=Path, metavar="OUT.html", help="with --prompt or --eval: a page of the run; "
+                      "click a token for its probability, alternatives, attention and merges")
     args = p.parse_args(argv)
     check_combination(args)
     args.explicit_sampling = [name for name in ("temperature", "top_k", "top_p", "seed")
@@ -114,11 +114,13 @@ def check_combination(args) -> None:
     views = [f"--{name}" for name in ("trace", "attention") if getattr(args, name)]
     if views and args.prompt is None:
         raise UserError(f"{views[0]} looks at one prompt: add --prompt TEXT")
-    if args.html is not None and args.eval is None:
-        raise UserError("--html shows the score of a text: add --eval FILE")
-    clash = "--beams" if args.beams > 1 else "--eval" if args.eval is not None else (views or [None])[0]
-    if args.show_probs and clash:
-        raise UserError(f"--show-probs shows sampled generation, which {clash} does not do")
+    if args.html is not None and args.eval is None and args.prompt is None:
+        raise UserError("--html shows one run: add --prompt TEXT or --eval FILE")
+    clash = "--beams" if args.beams > 1 else (views or [None])[0]
+    if args.show_probs and (clash or args.eval):
+        raise UserError(f"--show-probs shows sampled generation, which {clash or '--eval'} does not do")
+    if args.html and clash:
+        raise UserError(f"--html shows sampled generation or a score, which {clash} does not give")
 
 
 # ─────────────────────────────────────────── loading ─────────────────────────────────────────────
@@ -154,6 +156,7 @@ class Loaded:
     model: object              # Model.Transformer
     tokenizer: object          # tokenizer.Tokenizer
     device: object             # torch.device
+    banner: list               # the lines that say which checkpoint was loaded, and why
 
 
 def load(args, params, weights: Path, why: str) -> Loaded:
@@ -167,8 +170,9 @@ def load(args, params, weights: Path, why: str) -> Loaded:
     tokenizer = Tokenizer.load(args.tokenizer_dir)
     model, ckpt = load_trained_model(weights, tokenizer.fingerprint(), device)
     # Which file, why, what it holds; and what an edited Model_Params.py no longer matches.
-    print("\n".join(describe_loaded(weights, why, model, ckpt, device, params)), file=sys.stderr)
-    return Loaded(model, tokenizer, device)
+    banner = describe_loaded(weights, why, model, ckpt, device, params)
+    print("\n".join(banner), file=sys.stderr)
+    return Loaded(model, tokenizer, device, banner)
 
 
 # ────────────────────────────────────────── generation ───────────────────────────────────────────
@@ -178,8 +182,9 @@ class TextGenerator:
 
     def __init__(self, loaded: Loaded, args: argparse.Namespace, out):
         self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, loaded.device
-        self.args, self.out = args, out
+        self.loaded, self.args, self.out = loaded, args, out
         self.noted_long_prompt = False
+        self.steps = []                        # --html: each drawn token with its step's logits
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The token ids the model starts from: the prompt's last block_size tokens (noted once on
@@ -210,6 +215,9 @@ class TextGenerator:
             self._stream(idx, generator)
         self.out.write("\n")
         self.out.flush()
+        if self.args.html is not None:         # see inside: a page of this continuation
+            from support.see_inside_page import write_generation_page
+            write_generation_page(self.args.html, self.loaded, self.args, idx[0].tolist(), self.steps)
 
     def _stream(self, idx, generator) -> None:
         """Print each new token as soon as it is sampled. Tokens are bytes, and one character may span
@@ -219,12 +227,15 @@ class TextGenerator:
         a = self.args
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         tokens = self.model.stream(idx, a.max_new_tokens, temperature=a.temperature, top_k=a.top_k or None,
-                                   top_p=a.top_p, generator=generator, with_logits=bool(a.show_probs))
+                                   top_p=a.top_p, generator=generator, with_logits=bool(a.show_probs or a.html))
         pending = ""                                   # decoded, not printed yet (see shown_length)
         for token in tokens:
-            if a.show_probs:                           # see inside: what the model weighed
+            if a.show_probs or a.html:                 # see inside: what the model weighed
                 token, logits = token
-                see_inside.show_candidates(logits, token, self.tokenizer.decode_bytes, a)
+                if a.html:
+                    self.steps.append((token, logits))
+                if a.show_probs:
+                    see_inside.show_candidates(logits, token, self.tokenizer.decode_bytes, a)
             pending += decoder.decode(self.tokenizer.decode_bytes([token]))
             n, stopped = shown_length(pending, a.stop)
             self.out.write(pending[:n])
@@ -265,8 +276,8 @@ def eval_windows(n_tokens: int, block: int, stride: int) -> list[tuple[int, int,
     return windows
 
 
-def evaluate(loaded: Loaded, text: str, stride: int | None, html_path: Path | None, source: Path) -> str:
-    """Score `text`; return the figures line (and with html_path, write the surprise page).
+def evaluate(loaded: Loaded, text: str, args) -> str:
+    """Score `text`; return the figures line (and with --html, write the page of the text).
 
     Every token of the text is predicted from up to block_size tokens before it. The first token
     has no text before it, so it is predicted after a newline (the same start as an empty prompt),
@@ -277,7 +288,7 @@ def evaluate(loaded: Loaded, text: str, stride: int | None, html_path: Path | No
     from support.scoring import chars_per_token, score_windows
     model, tokenizer = loaded.model, loaded.tokenizer
     block = model.config.block_size
-    stride = stride or max(1, block // 2)                    # default: windows overlap by half
+    stride = args.eval_stride or max(1, block // 2)          # default: windows overlap by half
     if stride > block:
         raise UserError(f"--eval-stride {stride} is larger than the model's context ({block} tokens)")
     started = time.perf_counter()
@@ -288,28 +299,14 @@ def evaluate(loaded: Loaded, text: str, stride: int | None, html_path: Path | No
     # characters it counts are those the scored tokens start: here every character of the text.
     result = score_windows(model, seq, windows, chars_per_token(tokenizer), loaded.device,
                            progress="scoring" if len(windows) > 640 else None)
-    print(f"scored {len(ids)} tokens in {len(windows)} windows of up to {block} tokens "
-          f"(stride {stride}) in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    scored = f"scored {len(ids)} tokens in {len(windows)} windows of up to {block} tokens (stride {stride})"
+    print(f"{scored} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     figures = (f"nats_per_char={result.nats_per_char:.6f} bits_per_char={result.bits_per_char:.6f} "
                f"nats_per_token={result.loss_per_token:.6f} tokens={result.tokens} chars={result.chars}")
-    if html_path is not None:                  # see inside: the surprise of every token
-        from support.see_inside_files import write_surprise_page
-        write_surprise_page(html_path, source.name, figures, loaded, text, seq, windows)
+    if args.html is not None:                  # see inside: the surprise of every token, and more
+        from support.see_inside_page import write_eval_page
+        write_eval_page(args.html, loaded, args, text, seq, windows, [scored, figures])
     return figures
-
-
-# ────────────────────────────────────────── see inside ───────────────────────────────────────────
-
-def look_inside(loaded: Loaded, args) -> None:
-    """--trace and --attention: one forward pass over the prompt, nothing generated."""
-    import torch
-    from support import see_inside, see_inside_files
-    ids = TextGenerator(loaded, args, sys.stdout).prompt_ids(args.prompt)
-    idx, decode_bytes = torch.tensor([ids], device=loaded.device), loaded.tokenizer.decode_bytes     # (1, T)
-    if args.trace:
-        print("\n".join(see_inside.trace_lines(loaded.model, idx, decode_bytes)), file=sys.stderr)
-    if args.attention is not None:
-        see_inside_files.write_attention_grid(args.attention, loaded.model, idx, decode_bytes)
 
 
 # ───────────────────────────────────────────── main ──────────────────────────────────────────────
@@ -322,10 +319,11 @@ def run(args, params, weights: Path, why: str, eval_text: str | None) -> int:
         torch.set_num_threads(args.threads)
     loaded = load(args, params, weights, why)
     if args.eval is not None:
-        print(evaluate(loaded, eval_text, args.eval_stride, args.html, args.eval), flush=True)
+        print(evaluate(loaded, eval_text, args), flush=True)
         return 0
-    if args.trace or args.attention is not None:
-        look_inside(loaded, args)
+    if args.trace or args.attention is not None:       # see inside one forward pass: nothing generated
+        from support.see_inside_files import look_inside
+        look_inside(loaded, args, TextGenerator(loaded, args, sys.stdout).prompt_ids(args.prompt))
         return 0
     if args.beams > 1 and args.explicit_sampling:
         ignored = ", ".join("--" + name.replace("_", "-") for name in args.explicit_sampling)

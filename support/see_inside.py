@@ -3,12 +3,14 @@
 Read this when you want to know where --show-probs, --trace, --attention and --html get their
 numbers. Everything comes from the model's own modules run on real tensors: forward hooks watch a
 real forward pass, the attention weights are recomputed from each block's real input with
-Model.attention_weights (a test holds them to the block's own output), and the per-token surprise
-goes through the same windows as run.py's --eval score. Drawing the picture and writing the page
-live in support/see_inside_files.py.
+Model.attention_weights (a test holds them to the block's own output), where the model looked for
+each token is that attention over the very window it predicted the token from, and the per-token
+surprise goes through the same windows as run.py's --eval score. Drawing the picture lives in
+support/see_inside_files.py, the --html page in support/see_inside_page.py.
 """
 from __future__ import annotations
 
+import codecs
 import sys
 from dataclasses import dataclass
 
@@ -41,11 +43,12 @@ def quoted(token_bytes: bytes) -> str:
 DRAWN, CUT = "→", "✗"
 
 
-def candidates_line(logits: torch.Tensor, drawn: int | None, decode_bytes, k: int, temperature: float,
-                    top_k: int | None = None, top_p: float | None = None) -> str:
-    """logits (V,) -> the k likeliest next tokens with their probabilities after temperature
-    (softmax(logits / T); T = 0 is greedy, shown untempered), marking the drawn one with → and
-    those top-k/top-p removed with ✗. The drawn token is listed even when it is not among the k."""
+def candidates(logits: torch.Tensor, drawn: int | None, k: int, temperature: float, top_k: int | None = None,
+               top_p: float | None = None) -> list[tuple[int, float, str]]:
+    """logits (V,) -> the k likeliest next tokens, [(token id, probability after temperature, mark)]:
+    probabilities softmax(logits / T) (T = 0 is greedy, shown untempered); the mark is → for the drawn
+    token, ✗ for one that top-k/top-p removed, else "". The drawn token is listed last when it is not
+    among the k."""
     logits = logits.detach().float().cpu()
     scaled = logits / temperature if temperature > 0 else logits
     probs = F.softmax(scaled, dim=-1)                                            # (V,)
@@ -56,11 +59,18 @@ def candidates_line(logits: torch.Tensor, drawn: int | None, decode_bytes, k: in
     order = torch.sort(logits, descending=True, stable=True).indices[:k].tolist()
     if drawn is not None and drawn not in order:
         order.append(drawn)
+    return [(token, probs[token].item(), DRAWN if token == drawn else ("" if kept[token] else CUT))
+            for token in order]
+
+
+def candidates_line(logits: torch.Tensor, drawn: int | None, decode_bytes, k: int, temperature: float,
+                    top_k: int | None = None, top_p: float | None = None) -> str:
+    """candidates() on one line: the marked, quoted tokens with their probabilities in percent; "… "
+    before the drawn one when it comes from further down."""
     shown = []
-    for i, token in enumerate(order):
-        mark = DRAWN if token == drawn else ("" if kept[token] else CUT)
-        gap = "… " if i == k else ""                                             # the drawn one, further down
-        shown.append(f"{gap}{mark}{quoted(decode_bytes([token]))} {100 * probs[token].item():.1f}%")
+    for i, (token, p, mark) in enumerate(candidates(logits, drawn, k, temperature, top_k, top_p)):
+        gap = "… " if i == k else ""
+        shown.append(f"{gap}{mark}{quoted(decode_bytes([token]))} {100 * p:.1f}%")
     return "   ".join(shown)
 
 
@@ -128,12 +138,48 @@ def attention_maps(model, idx: torch.Tensor) -> torch.Tensor:
     maps = []
     with model.eval_mode():
         positions = torch.arange(idx.shape[1], device=idx.device)
-        x = model.tok_emb(idx)                                                  # (1, T, E)
+        x = model.embed(idx, positions)                                         # (1, T, E)
         for block in model.blocks:
             q, k, _ = block.attn.heads(block.ln1(x), positions)                 # (1, H, T, D) each
             maps.append(attention_weights(q, k)[0])                             # (H, T, T)
             x = block(x, positions)
     return torch.stack(maps).float().cpu()
+
+
+def context_starts(n_tokens: int, block_size: int) -> dict[int, int]:
+    """Where the context began when generation predicted each token: t -> the first position the model
+    saw, for tokens 1 .. n_tokens - 1 of a generation's ids (the prompt's window, then the new tokens).
+    The window grows with the text; once full it restarts from its last half, as Model.py's
+    _ContextWindow does (a test holds them equal)."""
+    starts, start = {}, 0
+    for t in range(1, n_tokens):                   # token t is predicted from ids[start:t]
+        if t - start > block_size:
+            start = t - max(1, block_size // 2)
+        starts[t] = start
+    return starts
+
+
+def eval_context_starts(windows: list[tuple[int, int, int]]) -> dict[int, int]:
+    """The same for --eval's windows over its ids (the start token, then the text's): a window
+    (start, end, skip) scores ids start + skip + 1 .. end, each seen from `start` on."""
+    return {t: start for start, end, skip in windows for t in range(start + skip + 1, end + 1)}
+
+
+@torch.no_grad()
+def looked_at(model, ids: list[int], starts: dict[int, int], device) -> dict[int, np.ndarray]:
+    """Where the model looked when it predicted token t, for each t -> start in `starts`: the attention
+    of the last token it saw, t - 1, over ids[start:t], as (num_layers, H, t - start). One
+    attention_maps pass per window (tokens with one start): attention is causal, so row t - 1 - start
+    of that pass is the row of a pass over ids[start:t] alone."""
+    windows: dict[int, list[int]] = {}
+    for t, start in starts.items():
+        windows.setdefault(start, []).append(t)
+    rows = {}
+    for start, tokens in windows.items():
+        maps = attention_maps(model, torch.tensor([ids[start:max(tokens)]], device=device))   # (L, H, n, n)
+        for t in tokens:
+            rows[t] = maps[:, :, t - 1 - start, :t - start].numpy()
+    return rows
 
 
 # ────────────────────────────── --html: how surprised by each token ──────────────────────────────
@@ -180,3 +226,12 @@ def token_texts(text: str, pieces: list[bytes]) -> list[str]:
         cuts.append(cut)
         at += len(piece)
     return [data[a:b].decode("utf-8") for a, b in zip(cuts, cuts[1:] + [len(data)])]
+
+
+def streamed_texts(pieces: list[bytes]) -> list[str]:
+    """Each token's text as run.py streams it (pieces: each token's bytes): decoded one token at a
+    time, so a character split over two tokens comes with the token that completes it, and bytes
+    that never form UTF-8 come as U+FFFD."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    texts = [decoder.decode(piece) for piece in pieces]
+    return texts[:-1] + [texts[-1] + decoder.decode(b"", final=True)] if texts else []

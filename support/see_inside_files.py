@@ -1,12 +1,12 @@
-"""The files run.py's see-inside views write: the attention grid (PNG) and the surprise page (HTML).
+"""run.py's --trace and --attention (the attention grid, a PNG), and the write every see-inside file goes through.
 
-Read this when you want to change how those files look. The numbers in them come from
-support/see_inside.py; this module lays them out and writes them, whole or not at all. It imports
-torch and matplotlib only when it draws, so run.py can check its options before loading anything.
+Read this when you want to change how the attention grid looks, or how a see-inside file is written
+(whole or not at all, a failure as one line). The numbers come from support/see_inside.py; the page
+of --html is laid out in support/see_inside_page.py. This module imports torch and matplotlib only
+when it draws, so run.py can check its options before loading anything.
 """
 from __future__ import annotations
 
-import html
 import math
 import sys
 import warnings
@@ -17,8 +17,11 @@ from support.settings import UserError
 
 
 def check_can_write(attention: Path | None, page: Path | None) -> None:
-    """Before the model loads: each output file has a folder to go in, and --attention has matplotlib."""
-    for path in (attention, page):
+    """Before the model loads: each output file names a file in a folder that exists, and --attention
+    has matplotlib."""
+    for path, example in ((attention, "attention.png"), (page, "page.html")):
+        if path is not None and path.is_dir():
+            raise UserError(f"{path} is a folder: name a file in it, e.g. {path / example}")
         if path is not None and not path.parent.is_dir():
             raise UserError(f"{path}: there is no folder {path.parent}/ to write it in")
     if attention is not None:
@@ -38,7 +41,18 @@ def write(path: Path, write_to) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
-# ───────────────────────────────────────── the attention grid ─────────────────────────────────────────
+# ────────────────────────────────── --trace and the attention grid ──────────────────────────────────
+
+def look_inside(loaded, args, ids: list[int]) -> None:
+    """run.py's --trace and --attention: one forward pass over the prompt's ids, nothing generated."""
+    import torch
+    from support.see_inside import trace_lines
+    idx, decode_bytes = torch.tensor([ids], device=loaded.device), loaded.tokenizer.decode_bytes     # (1, T)
+    if args.trace:
+        print("\n".join(trace_lines(loaded.model, idx, decode_bytes)), file=sys.stderr)
+    if args.attention is not None:
+        write_attention_grid(args.attention, loaded.model, idx, decode_bytes)
+
 
 def write_attention_grid(path: Path, model, idx, decode_bytes) -> None:
     """Every layer × head's attention over the prompt idx (1, T), drawn to the PNG file `path`."""
@@ -82,63 +96,3 @@ def draw_attention(path: Path, maps, labels: list[str]) -> None:
             write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     finally:
         plt.close(fig)
-
-
-# ───────────────────────────────────────── the surprise page ─────────────────────────────────────────
-
-MAX_NATS = 8.0       # the colour scale's end: a token the model gave under e^-8 ≈ 0.03% is fully red
-
-
-def surprise_colour(nats: float) -> str:
-    """White for a token the model was sure of, through orange, to red at MAX_NATS and beyond."""
-    f = min(max(nats, 0.0) / MAX_NATS, 1.0)
-    red, green, blue = 255 - 35 * f, 255 - 215 * f, 255 - 215 * min(1.0, 2 * f)
-    return f"rgb({red:.0f},{green:.0f},{blue:.0f})"
-
-
-def _text_in_html(text: str) -> str:
-    # A literal carriage return would be normalised away by the HTML parser: keep it as a reference.
-    return html.escape(text, quote=False).replace("\r", "&#13;")
-
-
-def surprise_page(title: str, texts: list[str], nats: list[float], guesses: list[list[tuple[str, float]]],
-                  summary: str) -> str:
-    """A self-contained HTML page (no scripts, no external files): each token's text in a <span>
-    coloured by its surprise, with data-nats and a tooltip of its loss and the model's top guesses."""
-    spans = []
-    for text, loss, top in zip(texts, nats, guesses):
-        tip = f"loss {loss:.3f} nats (p = {math.exp(-loss):.2%})\nthe model's top guesses here:\n" + \
-              "\n".join(f"  {token} {p:.1%}" for token, p in top)
-        spans.append(f'<span data-nats="{loss!r}" style="background:{surprise_colour(loss)}" '
-                     f'title="{html.escape(tip)}">{_text_in_html(text)}</span>')
-    legend = "".join(f'<span class="swatch" style="background:{surprise_colour(n)}">{n:g}</span>'
-                     for n in range(int(MAX_NATS) + 1))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-.text {{ font-family: monospace; white-space: pre-wrap; line-height: 1.6; border: 1px solid #ccc; padding: 1em; }}
-.swatch {{ display: inline-block; width: 3em; text-align: center; font-family: monospace; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>{html.escape(summary)}</p>
-<p>Each token is coloured by its surprise: the nats the model lost on it, −ln p(token | the text before it).
-Hover over a token for its loss and the model's top guesses at that position.</p>
-<p>surprise in nats: {legend}+</p>
-<div class="text">{"".join(spans)}</div>
-</body></html>
-"""
-
-
-def write_surprise_page(path: Path, name: str, figures: str, loaded, text: str, seq, windows) -> None:
-    """The surprise page of `text` (file `name`), scored on run.py's --eval windows over seq, the
-    start token then the text's tokens; figures: --eval's line, shown at the top."""
-    from support.see_inside import quoted, token_surprise, token_texts
-    decode_bytes = loaded.tokenizer.decode_bytes
-    surprise = token_surprise(loaded.model, seq, windows, loaded.device)
-    guesses = [[(quoted(decode_bytes([token])), p) for token, p in zip(tokens, probs)]
-               for tokens, probs in zip(surprise.guess_ids.tolist(), surprise.guess_probs.tolist())]
-    texts = token_texts(text, [decode_bytes([token]) for token in seq[1:].tolist()])
-    page = surprise_page(f"surprise: {name}", texts, surprise.nats.tolist(), guesses,
-                         figures.replace(" ", ", ").replace("=", " "))
-    write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))

@@ -1,6 +1,6 @@
-"""run.py's see-inside views (--show-probs, --trace, --attention, --eval --html) on the session's tiny
-model, and the numbers behind them (support/see_inside.py) held to the model's own computation."""
-import html.parser
+"""run.py's see-inside views (--show-probs, --trace, --attention, --eval's per-token surprise) on the
+session's tiny model, and the numbers behind them (support/see_inside.py) held to the model's own
+computation. The --html page has its own tests: tests/test_page.py."""
 import math
 import re
 import shutil
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from conftest import TINY_TEXT, run_script
-from Model import merge_heads
+from conftest import TINY_TEXT, TINY_VOCAB, run_script
+from Model import ModelConfig, Transformer, merge_heads
 from run import eval_windows
 from support.checkpoints import load_checkpoint, model_from_checkpoint
 from support.scoring import chars_per_token, score_windows
@@ -36,8 +36,9 @@ def tiny(tiny_trained, tmp_path_factory):
 
 
 def run_tiny(tiny, *args):
-    return run_script("run.py", "--weights", tiny["weights"], "--tokenizer-dir", tiny["tokenizer_dir"], *args,
-                      timeout=120)
+    # On the CPU: the tests compare run.py's figures with ones computed here, on the CPU.
+    return run_script("run.py", "--weights", tiny["weights"], "--tokenizer-dir", tiny["tokenizer_dir"],
+                      "--device", "cpu", *args, timeout=120)
 
 
 def candidate_lines(stderr: str) -> list[list[tuple[str, str, float]]]:
@@ -128,8 +129,23 @@ def test_trace_shows_every_stage_with_the_model_shapes(tiny):
 
 # ──────────────────────────────────────────── --attention ────────────────────────────────────────────
 
-def test_attention_weights_are_the_ones_each_block_uses(tiny):
-    model, tokenizer = tiny["model"], tiny["tokenizer"]
+def learned_positions_model() -> Transformer:
+    """An untrained model with the original's learned position table, its weights drawn wide enough
+    that attention is far from even (so weights from a wrong input would show)."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=TINY_VOCAB, block_size=16, emb_len=32, num_layers=2, num_heads=2,
+                                    positions="learned"))
+    with torch.no_grad():
+        for weights in model.parameters():
+            weights.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_attention_weights_are_the_ones_each_block_uses(tiny, positions):
+    model = tiny["model"] if positions == "rotary" else learned_positions_model()
+    assert model.config.positions == positions
+    tokenizer = tiny["tokenizer"]
     idx = torch.tensor([tokenizer.encode("the quick brown fox jumps")])
     T = idx.shape[1]
     maps = attention_maps(model, idx)                               # (layers, H, T, T)
@@ -174,52 +190,7 @@ def test_attention_without_matplotlib_says_how_to_install_it(tiny, tmp_path):
     assert not (tmp_path / "a.png").exists()
 
 
-# ─────────────────────────────────────────── --eval --html ───────────────────────────────────────────
-
-class TokenSpans(html.parser.HTMLParser):
-    """The text and data-nats of every <span data-nats=...>; any script, stylesheet link or
-    external source noted."""
-
-    def __init__(self):
-        super().__init__()
-        self.texts, self.nats, self.titles, self.external = [], [], [], []
-        self.inside = False
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag in ("script", "link", "img", "iframe") or "src" in attrs or "href" in attrs:
-            self.external.append(tag)
-        if tag == "span" and "data-nats" in attrs:
-            self.inside = True
-            self.texts.append("")
-            self.nats.append(float(attrs["data-nats"]))
-            self.titles.append(attrs["title"])
-
-    def handle_endtag(self, tag):
-        if tag == "span":
-            self.inside = False
-
-    def handle_data(self, data):
-        if self.inside:
-            self.texts[-1] += data
-
-
-def test_html_page_holds_the_text_exactly_and_adds_up_to_the_score(tiny, tmp_path):
-    text = TINY_TEXT[:200] + "<b>&amp; \"quotes\"</b>\r\n 生存还是毁灭 🙂é\ttab\n" + TINY_TEXT[-60:]
-    path = tmp_path / "text.txt"
-    path.write_bytes(text.encode("utf-8"))
-    result = run_tiny(tiny, "--eval", path, "--html", tmp_path / "page.html")
-    assert result.returncode == 0, result.stderr
-    figures = dict(field.split("=") for field in result.stdout.split())
-    page = TokenSpans()
-    page.feed((tmp_path / "page.html").read_text(encoding="utf-8"))
-    page.close()
-    assert "".join(page.texts) == text
-    assert len(page.nats) == int(figures["tokens"])
-    assert sum(page.nats) / len(text) == pytest.approx(float(figures["nats_per_char"]), rel=1e-6, abs=1e-6)
-    assert all(title.count("%") == 1 + 5 for title in page.titles)     # its own p and the top-5 guesses
-    assert page.external == []
-
+# ───────────────────────────────────── --eval: surprise per token ─────────────────────────────────────
 
 def test_per_token_surprise_adds_up_to_the_scoring_core(tiny):
     model, tokenizer = tiny["model"], tiny["tokenizer"]
@@ -249,7 +220,12 @@ def test_token_texts_join_back_to_the_text(tiny, text):
     (("--attention", "x.png"), "--prompt"),
     (("--trace",), "--prompt"),
     (("--trace", "--eval", "Model_Params.py"), "--prompt"),
-    (("--html", "x.html", "--prompt", "x"), "--eval"),
+    (("--html", "x.html"), "--prompt"),
+    (("--html", "x.html", "--beams", "2", "--prompt", "x"), "--beams"),
+    (("--html", "x.html", "--trace", "--prompt", "x"), "--trace"),
+    (("--html", "x.html", "--attention", "x.png", "--prompt", "x"), "--attention"),
+    (("--html", "no/such/folder/x.html", "--eval", "Model_Params.py"), "no/such/folder"),
+    (("--html", "tests", "--prompt", "x"), "is a folder"),
     (("--show-probs", "3", "--beams", "2", "--prompt", "x"), "--beams"),
     (("--show-probs", "3", "--eval", "Model_Params.py"), "--eval"),
     (("--show-probs", "3", "--trace", "--prompt", "x"), "--trace"),

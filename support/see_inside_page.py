@@ -1,0 +1,333 @@
+"""The see-inside page, run.py --html OUT.html: one self-contained HTML file of a run, every token clickable.
+
+Read this when you want to change what the page shows, how big it may grow, or how it looks. With
+--prompt it holds the prompt's tokens and the continuation; with --eval, the scored text coloured by
+the model's surprise. A click on a token shows its probability, the model's likeliest alternatives
+there, where the model looked when it predicted it (attention of any layer and head, or a layer's
+mean over its heads) drawn over the text, and the merges that built it. Every figure is computed
+here, in Python, by the functions behind the terminal views (support/see_inside.py: --show-probs,
+--attention, --eval; support/explain.py: init.py --explain) and embedded as JSON; the page's script
+only lays them out. No server, no network: the page opens from disk, and says what made it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from support.explain import merge_line, token_merges
+from support.see_inside import (candidates, context_starts, eval_context_starts, looked_at, quoted, streamed_texts,
+                                token_surprise, token_texts)
+from support.see_inside_files import write
+from support.text_io import shown_path
+
+TOP = 5                        # alternatives shown per token (with --prompt, --show-probs K says how many)
+MAX_TOKENS = 10_000            # tokens on one page: a longer --eval text shows its first MAX_TOKENS
+MAX_MAPS = 64                  # layer × head maps embedded: past it, only each layer's mean over its heads
+ATTENTION_BUDGET = 1_000_000   # attention weights embedded (about 3.5 MB); tokens past it show none
+MAX_NATS = 8.0                 # the colour scale's end: a token the model gave under e^-8 ≈ 0.03% is fully red
+
+
+@dataclass
+class PageToken:
+    """One token of the page, with what the model thought of it where it stands."""
+    id: int
+    text: str                  # its share of the text ("" for --eval's start token, which is not text)
+    kind: str                  # "prompt", "drawn" (generated), "given" (--eval's text), "start" (--eval's)
+    p: float | None = None     # the model's probability of it there; None where it was not predicted
+    alternatives: list = field(default_factory=list)   # [(id, probability, mark)], likeliest first
+
+
+def surprise_colour(nats: float) -> str:
+    """White for a token the model was sure of, through orange, to red at MAX_NATS and beyond."""
+    f = min(max(nats, 0.0) / MAX_NATS, 1.0)
+    red, green, blue = 255 - 35 * f, 255 - 215 * f, 255 - 215 * min(1.0, 2 * f)
+    return f"rgb({red:.0f},{green:.0f},{blue:.0f})"
+
+
+def permille(rows: np.ndarray) -> list:
+    """(..., n) probability rows -> nested lists of whole thousandths, each within 1 of 1000 × p and
+    every row summing to exactly 1000 (largest remainder): the page's attention weights."""
+    scaled = 1000 * rows.astype(np.float64) / rows.sum(-1, keepdims=True)
+    whole = np.floor(scaled)
+    missing = 1000 - whole.sum(-1, keepdims=True)                    # thousandths still to hand out
+    rank = np.argsort(np.argsort(whole - scaled, axis=-1, kind="stable"), axis=-1, kind="stable")
+    return (whole + (rank < missing)).astype(int).tolist()
+
+
+def given_alternatives(token: int, nats: float, guess_ids, guess_probs) -> list:
+    """--eval's top guesses at a token of the text, the token itself appended when not among them."""
+    alternatives = [(int(i), float(p), "") for i, p in zip(guess_ids, guess_probs)]
+    if token not in guess_ids:
+        alternatives.append((token, math.exp(-nats), ""))
+    return alternatives
+
+
+def page_data(title: str, about: list[str], summary: list[str], tokens: list[PageToken],
+              starts: dict[int, int], loaded) -> dict:
+    """Everything the page shows, as plain JSON values. starts: t -> the first token the model saw when
+    it predicted token t (see_inside.context_starts); the attention over them is embedded for tokens
+    in order until ATTENTION_BUDGET weights, for MAX_MAPS maps per token at most."""
+    model, decode_bytes = loaded.model, loaded.tokenizer.decode_bytes
+    layers, heads = model.config.num_layers, model.config.num_heads
+    each_head = [f"head {h}" for h in range(heads)] if layers * heads <= MAX_MAPS else []
+    maps = each_head + ["all heads (mean)"]
+    spent, budgeted = 0, {}
+    for t, start in sorted(starts.items()):
+        spent += layers * len(maps) * (t - start)
+        if spent > ATTENTION_BUDGET:
+            break
+        budgeted[t] = start
+    rows = looked_at(model, [token.id for token in tokens], budgeted, loaded.device)
+    shown = []
+    for t, token in enumerate(tokens):
+        looks = None
+        if t in rows:                                                # (layers, H, t - start)
+            means = rows[t].mean(axis=1, keepdims=True)
+            looks = permille(np.concatenate([rows[t], means], axis=1) if len(maps) > 1 else means)
+        nats = None if token.p is None else -math.log(token.p) if token.p > 0 else math.inf
+        shown.append({"text": token.text, "token": quoted(decode_bytes([token.id])), "id": token.id,
+                      "kind": token.kind, "p": None if token.p is None else float(f"{token.p:.6g}"),
+                      "bg": "" if nats is None else surprise_colour(nats),
+                      "alternatives": [[i, quoted(decode_bytes([i])), float(f"{p:.6g}"), mark]
+                                       for i, p, mark in token.alternatives],
+                      "start": starts.get(t), "looks": looks})
+    bounds = [f"Attention is embedded for at most {ATTENTION_BUDGET:,} weights"]
+    if len(budgeted) < len(starts):
+        bounds.append(f"it stops at token {min(set(starts) - set(budgeted))}: later tokens show none "
+                      f"(score or continue a shorter text to see theirs)")
+    if len(maps) == 1:
+        bounds.append(f"with {layers} × {heads} heads (over {MAX_MAPS}), only each layer's mean over its heads")
+    return {"title": title, "about": about, "summary": summary, "bounds": "; ".join(bounds) + ".",
+            "layers": layers, "maps": maps, "tokens": shown,
+            "merges": {token.id: [merge_line(loaded.tokenizer, rank) for rank in
+                                  token_merges(loaded.tokenizer, token.id)] for token in tokens},
+            "legend": [[n, surprise_colour(n)] for n in range(int(MAX_NATS) + 1)]}
+
+
+def about_run(loaded, args) -> list[str]:
+    """What made the page: the loaded weights (run.py's banner) and the tokenizer."""
+    tok = loaded.tokenizer
+    return loaded.banner + [f"tokenizer {shown_path(args.tokenizer_dir)}/: vocab {tok.vocab_size}, "
+                            f"fingerprint {tok.fingerprint()}"]
+
+
+def write_generation_page(path: Path, loaded, args, prompt_ids: list[int], steps: list) -> None:
+    """The page of one continuation: prompt_ids, the tokens the model started from, then steps, each
+    generated token with its step's logits (V,) as Model.stream yields them."""
+    model, decode_bytes, k = loaded.model, loaded.tokenizer.decode_bytes, args.show_probs or TOP
+    ids = prompt_ids + [token for token, _ in steps]
+    texts = streamed_texts([decode_bytes([i]) for i in ids])
+    tokens = [PageToken(i, text, "prompt") for i, text in zip(prompt_ids, texts)]
+    if len(prompt_ids) > 1:         # the prompt's tokens as --eval scores them, from the tokens before
+        seen = token_surprise(model, np.array(prompt_ids), [(0, len(prompt_ids) - 1, 0)], loaded.device, top=k)
+        for token, nats, guess_ids, guess_probs in zip(tokens[1:], seen.nats, seen.guess_ids, seen.guess_probs):
+            token.p = math.exp(-nats)
+            token.alternatives = given_alternatives(token.id, nats, guess_ids.tolist(), guess_probs)
+    for (token, logits), text in zip(steps, texts[len(prompt_ids):]):
+        weighed = candidates(logits, token, k, args.temperature, args.top_k or None, args.top_p)
+        tokens.append(PageToken(token, text, "drawn", next(p for i, p, _ in weighed if i == token), weighed))
+    seed = "none: a fresh random draw (give --seed N to repeat a run)" if args.seed is None else args.seed
+    sampling = (f"sampling: temperature {args.temperature}, top_k {args.top_k} (0 = no limit), top_p "
+                f"{args.top_p}, max_new_tokens {args.max_new_tokens}, seed {seed}")
+    stop = [] if args.stop is None else [f"stop at {args.stop!r}: the page shows every token drawn, the stop's too"]
+    summary = [f"{len(prompt_ids)} prompt tokens (what the model started from), then {len(steps)} drawn; "
+               f"the probabilities of a drawn token are those it was drawn with (after temperature "
+               f"{args.temperature}; → drawn, ✗ cut by top-k/top-p), a prompt token's those the model gave it "
+               f"(temperature 1), as --eval scores a text"]
+    data = page_data("see inside a continuation", about_run(loaded, args) + [sampling] + stop, summary, tokens,
+                     context_starts(len(ids), model.config.block_size), loaded)
+    write(path, lambda tmp: tmp.write_text(page_html(data), encoding="utf-8"))
+
+
+def write_eval_page(path: Path, loaded, args, text: str, seq: np.ndarray, windows, figures: list[str]) -> None:
+    """The page of --eval: the text (at most MAX_TOKENS tokens of it) coloured by surprise, scored on
+    run.py's windows over seq (the start token, then the text's tokens); figures: --eval's lines."""
+    decode_bytes, n = loaded.tokenizer.decode_bytes, min(len(seq) - 1, MAX_TOKENS)
+    needed = [w for w in windows if w[0] + w[2] < n]                  # the windows that score those n
+    seen = token_surprise(loaded.model, seq, needed, loaded.device, top=TOP)
+    texts = token_texts(text, [decode_bytes([i]) for i in seq[1:].tolist()])
+    tokens = [PageToken(int(seq[0]), "", "start")]
+    for t in range(n):
+        token, nats = int(seq[t + 1]), float(seen.nats[t])
+        tokens.append(PageToken(token, texts[t], "given", math.exp(-nats),
+                                given_alternatives(token, nats, seen.guess_ids[t].tolist(), seen.guess_probs[t])))
+    cut = [f"the page shows the first {n:,} of the text's {len(seq) - 1:,} tokens; the figures are the "
+           f"whole text's"] if n < len(seq) - 1 else []
+    starts = {t: s for t, s in eval_context_starts(needed).items() if t <= n}
+    data = page_data(f"surprise: {args.eval.name}", about_run(loaded, args), figures + cut + [
+        "Each token is coloured by its surprise: the nats the model lost on it, −ln p(token | the text "
+        "before it); the first is predicted after a newline, the start token."], tokens, starts, loaded)
+    write(path, lambda tmp: tmp.write_text(page_html(data), encoding="utf-8"))
+
+
+def page_html(data: dict) -> str:
+    """The page: a fixed template, and `data` as JSON inside it. The JSON is ASCII with <, > and &
+    escaped, so no text of the run can end its script element or become markup; the script puts
+    every text in place with textContent."""
+    embedded = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    embedded = embedded.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return TEMPLATE.replace("/*DATA*/", embedded)
+
+
+TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>see inside</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 0; color: #222; }
+header { padding: 0.8em 1.5em 0.2em; }
+header h1 { font-size: 1.3em; margin: 0 0 0.3em; }
+header ul { margin: 0.2em 0; padding-left: 1.2em; font-size: 0.85em; color: #444; }
+header p { margin: 0.3em 0; font-size: 0.9em; }
+.swatch { display: inline-block; width: 2.2em; text-align: center; font-family: monospace; }
+main { display: grid; grid-template-columns: minmax(0, 1fr) 27em; gap: 1.2em; padding: 0.5em 1.5em 1.5em; align-items: start; }
+@media (max-width: 900px) { main { grid-template-columns: 1fr; } }
+#text { font-family: monospace; white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.75;
+        border: 1px solid #ccc; padding: 0.8em; }
+.tok { cursor: pointer; border-radius: 2px; unicode-bidi: isolate; }
+.tok.prompt { text-decoration: underline #888; text-underline-offset: 3px; }
+.tok:hover { outline: 1px solid #888; }
+.tok.selected { outline: 2px solid #c00; }
+.tok.unseen { color: #aaa; }
+.tok.newline::before { content: "\21B5"; color: #999; }
+.tok.start::before { content: "\27E8start\27E9"; color: #999; font-size: 0.8em; }
+.tok.empty::before { content: "\00B7"; color: #999; }
+#panel { position: sticky; top: 0.5em; border: 1px solid #ccc; padding: 0.6em 1em; font-size: 0.9em;
+         max-height: calc(100vh - 1em); overflow: auto; }
+#panel h2 { font-size: 1.05em; margin: 0.2em 0 0.4em; font-family: monospace; overflow-wrap: anywhere; }
+#panel h3 { font-size: 0.95em; margin: 0.8em 0 0.3em; }
+table { border-collapse: collapse; width: 100%; }
+td { padding: 1px 4px; font-family: monospace; overflow-wrap: anywhere; }
+td.p { text-align: right; white-space: nowrap; }
+td.barcell { width: 35%; }
+.bar { background: #3b82f6; height: 0.7em; }
+tr.chosen { background: #fde68a; font-weight: bold; }
+ol { padding-left: 1.5em; margin: 0.2em 0; font-family: monospace; font-size: 0.95em; }
+.note { color: #666; font-size: 0.9em; }
+</style></head><body>
+<header><h1 id="title"></h1><ul id="about"></ul><div id="summary"></div><p id="legend"></p>
+<p id="bounds" class="note"></p></header>
+<noscript>This page lays out its figures with JavaScript: allow it to see them.</noscript>
+<main><div id="text"></div>
+<aside id="panel"><h2 id="token">Click a token</h2><p id="prob" class="note">… to see what the model thought of it
+(the arrow keys move along the text, Escape leaves).</p>
+<table id="alternatives"></table>
+<h3>Where it looked when it predicted this token</h3>
+<p>layer <select id="layer"></select> <select id="map"></select></p>
+<p id="looks" class="note"></p>
+<h3>The merges that built it</h3><ol id="merges"></ol></aside></main>
+<script type="application/json" id="data">/*DATA*/</script>
+<script>
+"use strict";
+const DATA = JSON.parse(document.getElementById("data").textContent);
+const $ = (id) => document.getElementById(id);
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = text;
+  if (cls) e.className = cls;
+  return e;
+}
+const percent = (p) => (100 * p).toFixed(1) + "%";
+document.title = DATA.title;
+$("title").textContent = DATA.title;
+for (const line of DATA.about) $("about").append(el("li", line));
+for (const line of DATA.summary) $("summary").append(el("p", line));
+$("legend").append("surprise in nats: ");
+for (const [n, colour] of DATA.legend) {
+  const s = el("span", String(n), "swatch");
+  s.style.background = colour;
+  $("legend").append(s);
+}
+$("legend").append("+" + (DATA.tokens.some((tok) => tok.kind === "prompt") ? "   underlined: the prompt" : ""));
+$("bounds").textContent = DATA.bounds;
+DATA.tokens.forEach((tok, i) => tok.index = i);
+const spans = DATA.tokens.map((tok) => {
+  const s = el("span", tok.text, "tok " + tok.kind);
+  if (tok.text.includes("\n")) s.classList.add("newline");
+  else if (tok.text === "" && tok.kind !== "start") s.classList.add("empty");
+  s.style.background = tok.bg;
+  if (tok.p !== null) s.dataset.tip = "p = " + percent(tok.p) + ": click for more";
+  s.title = s.dataset.tip || "";
+  s.addEventListener("click", () => select(current === tok.index ? null : tok.index));
+  $("text").append(s);
+  return s;
+});
+for (let l = 0; l < DATA.layers; l++) $("layer").append(new Option(String(l), String(l)));
+DATA.maps.forEach((name, m) => $("map").append(new Option(name, String(m))));
+$("map").value = String(DATA.maps.length - 1);
+$("layer").addEventListener("change", drawLooks);
+$("map").addEventListener("change", drawLooks);
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape") select(null);
+  else if (current !== null && (e.key === "ArrowRight" || e.key === "ArrowLeft")) {
+    select(Math.min(Math.max(current + (e.key === "ArrowRight" ? 1 : -1), 0), spans.length - 1));
+  }
+});
+let current = null;
+
+function select(i) {
+  if (current !== null) spans[current].classList.remove("selected");
+  current = i;
+  $("alternatives").replaceChildren();
+  $("merges").replaceChildren();
+  drawLooks();
+  if (i === null) {
+    $("token").textContent = "Click a token";
+    $("prob").textContent = "";
+    return;
+  }
+  const tok = DATA.tokens[i];
+  spans[i].classList.add("selected");
+  $("token").textContent = "token " + i + ": " + tok.token + " (id " + tok.id + ")";
+  $("prob").textContent = tok.p === null
+    ? (tok.kind === "start" ? "the start token: the text is predicted after it" : "the first token: nothing came before it")
+    : (tok.kind === "drawn" ? "drawn with probability " : "the model gave it probability ") + percent(tok.p)
+      + "; the likeliest tokens there:";
+  for (const [id, token, p, mark] of tok.alternatives) {
+    const row = el("tr", undefined, id === tok.id ? "chosen" : "");
+    row.dataset.p = String(p);
+    const bar = el("div", undefined, "bar");
+    bar.style.width = percent(p);
+    const cell = el("td", undefined, "barcell");
+    cell.append(bar);
+    row.append(el("td", mark), el("td", token), el("td", percent(p), "p"), cell);
+    $("alternatives").append(row);
+  }
+  const merges = DATA.merges[tok.id];
+  if (merges.length === 0) $("merges").append(el("li", "none: a single byte"));
+  for (const line of merges) $("merges").append(el("li", line));
+}
+
+function drawLooks() {
+  // Surprise colours while no token is chosen; the chosen token's attention, alone, while one is.
+  spans.forEach((s, j) => {
+    s.style.background = current === null ? DATA.tokens[j].bg : "";
+    s.classList.remove("unseen");
+    s.title = s.dataset.tip || "";
+    delete s.dataset.w;
+  });
+  const tok = current === null ? null : DATA.tokens[current];
+  if (tok === null || tok.looks === null) {
+    $("looks").textContent = tok === null ? "" : tok.start === null ? "not predicted: nothing to look at"
+      : "not embedded: " + DATA.bounds;
+    return;
+  }
+  const row = tok.looks[Number($("layer").value)][Number($("map").value)];
+  const most = row.reduce((a, b) => Math.max(a, b), 1);
+  for (let j = 0; j < tok.start; j++) spans[j].classList.add("unseen");
+  row.forEach((w, k) => {
+    const s = spans[tok.start + k];
+    s.dataset.w = String(w);
+    s.title = (w / 10).toFixed(1) + "% of this head's attention";
+    s.style.background = "rgba(59, 130, 246, " + (0.9 * w / most).toFixed(3) + ")";
+  });
+  $("looks").textContent = "the attention of the token before it (the last the model saw) over the "
+    + row.length + " tokens it saw" + (tok.start > 0 ? " (grey: outside its context)" : "")
+    + "; darkest = most, hover for the share";
+}
+</script></body></html>
+"""
