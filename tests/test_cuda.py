@@ -2,13 +2,12 @@
 autocast, a stopped run resumed to the very weights of an uninterrupted one, and run.py streaming
 with its KV cache the tokens that plain generation gives. Skipped, saying so, where no CUDA device is
 present; the rest of the suite runs on whatever device `--device auto` finds."""
-import csv
-
 import pytest
 import torch
 
 from conftest import ON_CPU, TINY_TEXT, TINY_TRAIN_FLAGS, TINY_VOCAB, run_script
 from support.checkpoints import load_checkpoint, model_from_checkpoint
+from test_robustness import history
 from tokenizer import Tokenizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -37,12 +36,6 @@ def tour(tmp_path_factory) -> dict:
             runs[name, stop] = run_script("train.py", *args, *(("--stop-at-step", stop) if stop else ()))
             assert runs[name, stop].returncode == 0, runs[name, stop].stderr
     return {"root": root, "text": text, "tokenizer_dir": root / "tokenizer", "runs": runs}
-
-
-def history(weights_dir) -> list[dict]:
-    """loss_history.csv without the wall-clock column."""
-    with open(weights_dir / "loss_history.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k != "minutes"} for row in csv.DictReader(f)]
 
 
 def test_training_on_cuda_runs_under_bf16_autocast_and_resumes_to_the_same_weights(tour):

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_script
+from support.checkpoints import load_checkpoint
+from test_robustness import file_hashes
+from tokenizer import Tokenizer, TokenizerError
 
 # Train_Data/input.txt as shipped. The tour is checked on that text: on another one, init.py
 # rightly makes another tokenizer.
@@ -44,20 +47,18 @@ def require_shipped(path: str, as_shipped: bool, problem: str) -> None:
     pytest.skip(f"{path} is not as shipped ({problem}); this check needs the shipped one: `git checkout {path}`")
 
 
-def require_shipped_corpus(root: Path = REPO) -> None:
-    digest = hashlib.sha256((root / "Train_Data" / "input.txt").read_bytes()).hexdigest()
+def require_shipped_corpus() -> None:
+    digest = hashlib.sha256((REPO / "Train_Data" / "input.txt").read_bytes()).hexdigest()
     require_shipped("Train_Data/input.txt", digest == SHIPPED_CORPUS_SHA256,
                     "its sha256 is not the shipped corpus's; you replaced it, as README invites")
 
 
-def require_shipped_tokenizer(root: Path = REPO) -> None:
-    from support.checkpoints import load_checkpoint
-    from tokenizer import Tokenizer, TokenizerError
+def require_shipped_tokenizer() -> None:
     try:
-        fingerprint = Tokenizer.load(root / "tokenizer_save").fingerprint()
+        fingerprint = Tokenizer.load(REPO / "tokenizer_save").fingerprint()
     except TokenizerError:
         fingerprint = None
-    shipped = load_checkpoint(root / SHIPPED_WEIGHTS)["tokenizer_fingerprint"]
+    shipped = load_checkpoint(REPO / SHIPPED_WEIGHTS)["tokenizer_fingerprint"]
     require_shipped("tokenizer_save", fingerprint == shipped,
                     f"it is not the tokenizer {SHIPPED_WEIGHTS} was trained with")
 
@@ -81,15 +82,9 @@ def copy_of_the_project(destination: Path) -> Path:
     return Path(shutil.copytree(REPO, destination, ignore=ignore))
 
 
-def file_hashes(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture
 def fresh_copy(tmp_path):
     """A copy of the project as shipped (see the module's docstring for what is checked first)."""
-    from support.checkpoints import load_checkpoint
     require_shipped_corpus()
     require_shipped_tokenizer()
     shipped_config = load_checkpoint(REPO / SHIPPED_WEIGHTS)["model_config"]
