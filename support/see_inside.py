@@ -95,8 +95,10 @@ def trace(model, idx: torch.Tensor) -> tuple[list[tuple[str, torch.Tensor]], tor
             stages.append((name, inputs[0] if take_input else output))
         return hook
 
-    # The token embedding starts the residual stream x (positions enter inside attention, as rotations).
-    watched = [(model.tok_emb, record("x = token embedding")), (model.ln_f, record("final LayerNorm"))]
+    # The embedding starts the residual stream x (Transformer.embed, read after its dropout): the token's
+    # vector, plus its position's with learned positions (rotary ones enter inside attention instead).
+    start = "x = token embedding" + (" + position embedding" if model.config.positions == "learned" else "")
+    watched = [(model.drop, record(start)), (model.ln_f, record("final LayerNorm"))]
     for i, block in enumerate(model.blocks):
         watched += [(block.attn, record(f"block {i} attention output")),
                     # ln2 reads the residual stream right after the attention was added to it.

@@ -16,7 +16,7 @@ from Model import ModelConfig, Transformer, merge_heads
 from run import eval_windows
 from support.checkpoints import load_checkpoint, model_from_checkpoint
 from support.scoring import chars_per_token, score_windows
-from support.see_inside import attention_maps, candidates_line, quoted, token_surprise, token_texts
+from support.see_inside import attention_maps, candidates_line, quoted, token_surprise, token_texts, trace
 from tokenizer import Tokenizer
 
 # One candidate: an optional "… " (the drawn token, below the K likeliest), a mark, the quoted token
@@ -125,6 +125,21 @@ def test_trace_shows_every_stage_with_the_model_shapes(tiny):
     names = re.findall(r"^  (\S.*?\S)\s+\(", result.stderr, re.M)
     assert names == list(expected)                                 # in the order of the forward pass
     assert len(CANDIDATE.findall(result.stderr.split("next token:")[1])) == 5
+
+
+def test_trace_starts_from_the_residual_stream_the_first_block_reads(tiny):
+    idx = torch.tensor([tiny["tokenizer"].encode("the quick brown fox")])
+    for model in (tiny["model"], learned_positions_model()):
+        stages, _ = trace(model, idx)
+        read = []
+        hook = model.blocks[0].register_forward_pre_hook(lambda module, inputs: read.append(inputs[0]))
+        try:
+            with torch.no_grad():
+                model(idx)
+        finally:
+            hook.remove()
+        assert torch.equal(stages[1][1], read[0])
+    assert stages[1][0] == "x = token embedding + position embedding"      # learned positions, named
 
 
 # ──────────────────────────────────────────── --attention ────────────────────────────────────────────
