@@ -19,6 +19,7 @@ import torch
 
 from Model import ModelConfig, Transformer
 from support.files import atomic_write, remove_stale_temps, write_failure
+from support.history import HISTORY_CSV, HISTORY_PNG
 from support.settings import UserError
 
 CHECKPOINT_FORMAT_VERSION = 3     # 3: model_config names its positions
@@ -220,7 +221,7 @@ def load_resume_state(path: Path, model_config: ModelConfig, tokenizer_fp: str, 
     return ckpt
 
 
-RUN_FILES = (LATEST, BEST, "loss_history.csv", "loss.png")      # what one run of train.py leaves in its folder
+RUN_FILES = (LATEST, BEST, HISTORY_CSV, HISTORY_PNG)      # what one run of train.py leaves in its folder
 
 
 def move_run_aside(weights_dir: Path) -> Path | None:
