@@ -3,7 +3,7 @@
 First the original project's settings, under its names; then what this project adds beyond it,
 each line naming the value that switches it off. init.py reads vocab_size; train.py the model and
 training settings (`python train.py --block-size 64` overrides one for a single run, and
-`python train.py --help` lists them with the few that are flags only); run.py the generation
+`python train.py --help` lists them); run.py the generation
 settings, since a trained model carries its own shape inside its checkpoint.
 """
 
@@ -24,11 +24,11 @@ temperature = 0.8          # run.py's sampling temperature; 0 = greedy, always t
 # --- beyond the original: each line names its off value --------------------------------------
 positions = "rotary"       # where a token sits: "rotary" (queries and keys turned by position) or "learned" (the original's table) = off
 optimizer = "muon"         # "muon": Muon for the blocks' weight matrices, AdamW for the rest; "adamw" = off
+muon_lr = 0.02             # Muon's peak learning rate (learning_rate is AdamW's); the same warm-up and decay
 bpe_dropout = 0.1          # chance that a training token is split into the two tokens it was merged from (0 = off)
 weight_decay = 0.4         # decoupled decay of the weight matrices: each step w -= lr × weight_decay × w (0 = off)
-warmup_iters = 100         # steps of linear warm-up from 0 to learning_rate (0 = off)
-min_lr = 0.0               # the cosine decay's floor, reached where the schedule ends (= learning_rate: no decay, off)
-grad_clip = 1.0            # clip the gradient's global norm to this (0 = off)
+warmup_iters = 100         # steps of linear warm-up from 0 to learning_rate, then a cosine decay to 0 (0 = off)
+grad_accum_steps = 1       # micro-batches whose gradients are summed into one step: a bigger batch in the same memory (1 = off)
 max_epochs = 18.0          # most passes over the training tokens; the schedule ends there if that comes first (0 = off)
 max_minutes = 60.0         # training time budget, resumed runs included; the schedule is fitted into it (0 = off)
 top_p = 0.95               # run.py's nucleus sampling: draw from the likeliest tokens holding this probability (1 = off)

@@ -7,17 +7,16 @@ where the one-line errors about broken or foreign checkpoints come from. train.p
 from __future__ import annotations
 
 import pickle
-import random
 import re
 import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from Model import ModelConfig, Transformer
+from support.distributed import gather
 from support.files import atomic_write, remove_stale_temps, write_failure
 from support.history import HISTORY_CSV, HISTORY_PNG
 from support.settings import UserError
@@ -107,18 +106,12 @@ def model_from_checkpoint(ckpt: dict, device, path=None) -> Transformer:
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{where}bad model_config: {e}") from None
     model = Transformer(config)
-    expected = model.state_dict()
-    state = ckpt["model"]
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{where}weights do not match the model config "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(f"{where}weight {name} has shape {tuple(tensor.shape)}, "
-                                  f"config expects {tuple(expected[name].shape)}")
     # A shipped "best" file may hold fp16 weights; compute in fp32 regardless.
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
+    except RuntimeError as e:        # missing or unexpected names, or a shape that differs: torch names them
+        detail = " ".join(str(e).split("\n\t")[1:2]) or str(e).splitlines()[0]
+        raise CheckpointError(f"{where}weights do not match the model config ({detail.strip()})") from None
     return model.to(device).eval()
 
 
@@ -136,27 +129,10 @@ def check_tokenizer_fingerprint(ckpt: dict, tokenizer_fingerprint: str, path) ->
 
 def load_trained_model(path, tokenizer_fingerprint: str, device) -> tuple[Transformer, dict]:
     """A checkpoint made with this tokenizer -> (its model in eval mode on device, the checkpoint).
-    What run.py runs and train.py's teacher is; problems raise CheckpointError naming the file."""
+    What run.py runs; problems raise CheckpointError naming the file."""
     ckpt = load_checkpoint(path)
     check_tokenizer_fingerprint(ckpt, tokenizer_fingerprint, path)
     return model_from_checkpoint(ckpt, device, path), ckpt
-
-
-def load_teacher(path, tokenizer_fingerprint: str, block_size: int, weights_dir: Path, device) -> Transformer:
-    """train.py's `teacher`: a trained model whose predictions a new model learns from (any file
-    run.py could use, made with the same tokenizer, seeing at least block_size tokens, and not one
-    this run will overwrite). Frozen, in eval mode. A problem is one UserError line naming the file."""
-    if Path(path).resolve() in ((weights_dir / BEST).resolve(), (weights_dir / LATEST).resolve()):
-        raise UserError(f"teacher {path} is in --weights-dir {weights_dir}, where this run writes its own "
-                        f"checkpoints — pass another --weights-dir for the new model")
-    try:
-        teacher, _ = load_trained_model(path, tokenizer_fingerprint, device)
-    except CheckpointError as e:
-        raise UserError(f"teacher {e}") from None
-    if teacher.config.block_size < block_size:
-        raise UserError(f"teacher {path}: sees {teacher.config.block_size} tokens, fewer than --block-size "
-                        f"{block_size} — use a smaller --block-size or another teacher")
-    return teacher.requires_grad_(False)
 
 
 # ─────────────────────────────── train.py's resume state ───────────────────────────────
@@ -245,29 +221,32 @@ def move_run_aside(weights_dir: Path) -> Path | None:
 
 
 def changed_settings(ckpt: dict, train_config: dict) -> list[str]:
-    """Settings that differ from the checkpoint's run (allowed, but worth saying)."""
+    """Settings that differ from the checkpoint's run (allowed, but worth saying), and extras it used
+    that this version removed (it goes on without them)."""
     old = ckpt.get("train_config", {})
     return [f"{k} {old[k]} -> {v}" for k, v in train_config.items()
-            if k in old and old[k] != v and k not in SHAPE_NAMES]
+            if k in old and old[k] != v and k not in SHAPE_NAMES] + [
+        f"{k} {old[k]} -> removed" for k in ("teacher", "ema_decay") if old.get(k)]
 
 
-def latest_checkpoint(model, optimizer, scaler, *, step: int, best_val: float | None, minutes: float,
-                      train_config: dict, tokenizer_fp: str, data_fp: str, batch_gen: torch.Generator,
-                      rng_per_rank: list[dict], average=None) -> dict:
-    """weights-latest.pth: the best file's fields plus optimizer, gradient scaler, every random
-    generator (rng_per_rank: each process's own_rng_state), the input's fingerprint, the minutes used
-    and, with ema_decay > 0, the weights' moving average (average: a support.ema.WeightAverage)."""
-    extra = {"weight_average": average.state_dict()} if average is not None else {}
-    return {**extra,"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "latest",
-            "model_config": model.config.to_dict(), "model": model.state_dict(),
-            "tokenizer_fingerprint": tokenizer_fp, "step": step,
-            "val_nats_per_char": best_val, "best_val": best_val,
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "train_config": train_config, "data_fingerprint": data_fp,
-            "rng": shared_rng_state(batch_gen), "rng_per_rank": rng_per_rank, "minutes": minutes}
+def save_resume_state(path: Path, model, optimizer, scaler, batches: torch.Generator, procs, device, step: int,
+                      best_val: float | None, minutes: float, data_fp: str, tokenizer_fp: str, train_config: dict) -> None:
+    """weights-latest.pth: the best file's fields plus optimizer, gradient scaler, the random generators
+    (the batch generator, and every process's dropout generator, gathered to rank 0), the input's
+    fingerprint and the minutes used: all an exact resume needs. Written by rank 0, whole or not at all."""
+    rng_per_rank = gather(own_rng_state(device), procs)
+    if procs.is_main:
+        save_atomic({"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "latest",
+                     "model_config": model.config.to_dict(), "model": model.state_dict(),
+                     "tokenizer_fingerprint": tokenizer_fp, "step": step,
+                     "val_nats_per_char": best_val, "best_val": best_val,
+                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                     "train_config": train_config, "data_fingerprint": data_fp,
+                     "rng": {"batches": batches.get_state()}, "rng_per_rank": rng_per_rank, "minutes": minutes},
+                    path)
 
 
-def best_checkpoint(model, *, step: int, result, train_config: dict, tokenizer_fp: str) -> dict:
+def best_checkpoint(model, step: int, result, tokenizer_fp: str, train_config: dict) -> dict:
     """weights-best.pth: what run.py needs (weights, config, tokenizer fingerprint) and the
     validation figures (result: an EvalResult) that made it the best."""
     return {"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "best",
@@ -278,8 +257,7 @@ def best_checkpoint(model, *, step: int, result, train_config: dict, tokenizer_f
 
 
 # Exact resume needs every generator that shapes training back in the same state: the batch
-# generator (which windows), torch's global generator (dropout masks) and, for anything that uses
-# them, numpy's and Python's. Stored as tensors and plain values, so weights_only loading works.
+# generator (which windows) and torch's global generator (dropout masks), stored as tensors.
 
 def own_rng_state(device: torch.device) -> dict:
     """This process's dropout generators (differ per process under torchrun), on the CPU."""
@@ -289,46 +267,23 @@ def own_rng_state(device: torch.device) -> dict:
     return state
 
 
-def shared_rng_state(batch_gen: torch.Generator) -> dict:
-    """The generators every process keeps identical (the batch generator) plus numpy's and Python's."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss_next = random.getstate()
-    return {"batches": batch_gen.get_state(),
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64),
-                       "gauss_next": gauss_next}}
-
-
-def restore_rng(ckpt: dict, batch_gen: torch.Generator, rank: int, world_size: int, device: torch.device,
-                seed: int, dropout: float, say) -> None:
-    """Put every generator back as the checkpoint left it (see own_rng_state, shared_rng_state)."""
-    shared = ckpt["rng"]
-    batch_gen.set_state(shared["batches"])
-    n = shared["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = shared["python"]
-    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss_next"]))
-    per_rank = ckpt["rng_per_rank"]
-    if len(per_rank) == world_size:
-        own = per_rank[rank]
-        torch.set_rng_state(own["torch"])
-        if device.type == "cuda" and "cuda" in own:
-            torch.cuda.set_rng_state(own["cuda"], device)
-    else:
-        # A different number of processes: batches still match, only dropout masks cannot.
-        torch.manual_seed(seed + 2 + rank + 1_000_003 * ckpt["step"])
-        if dropout > 0:
-            say(f"note: checkpoint written by {len(per_rank)} process(es), resuming with {world_size}: "
-                f"same batches, but dropout masks differ from an uninterrupted run")
-
-
-def restore_training_state(ckpt: dict, model, optimizer, scaler, batch_gen: torch.Generator, rank: int,
-                           world_size: int, device: torch.device, seed: int, dropout: float, say) -> None:
+def restore_training_state(ckpt: dict, model, optimizer, scaler, batches: torch.Generator, procs,
+                           device: torch.device, seed: int, dropout: float, say) -> None:
     """Weights, optimizer, gradient scaler and random generators as weights-latest.pth left them."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if "scaler" in ckpt and scaler.is_enabled():
         scaler.load_state_dict(ckpt["scaler"])
-    restore_rng(ckpt, batch_gen, rank, world_size, device, seed, dropout, say)
+    batches.set_state(ckpt["rng"]["batches"])
+    per_rank = ckpt["rng_per_rank"]
+    if len(per_rank) == procs.world_size:
+        own = per_rank[procs.rank]
+        torch.set_rng_state(own["torch"])
+        if device.type == "cuda" and "cuda" in own:
+            torch.cuda.set_rng_state(own["cuda"], device)
+    else:
+        # A different number of processes: batches still match, only dropout masks cannot.
+        torch.manual_seed(seed + 2 + procs.rank + 1_000_003 * ckpt["step"])
+        if dropout > 0:
+            say(f"note: checkpoint written by {len(per_rank)} process(es), resuming with {procs.world_size}: "
+                f"same batches, but dropout masks differ from an uninterrupted run")

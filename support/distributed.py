@@ -94,15 +94,13 @@ def gather(obj, procs: Processes) -> list:
     return gathered
 
 
-def model_for_training(model: torch.nn.Module, procs: Processes, device: torch.device, compile: bool):
-    """The module the training step calls: the model, compiled if asked, and under torchrun wrapped
-    in DistributedDataParallel, which averages the gradients across processes during backward."""
-    train_model = torch.compile(model) if compile else model
-    if procs.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-        ids = [device.index] if device.type == "cuda" else None
-        train_model = DistributedDataParallel(train_model, device_ids=ids)
-    return train_model
+def model_for_training(model: torch.nn.Module, procs: Processes, device: torch.device):
+    """The module the training step calls: the model itself, or under torchrun the model wrapped in
+    DistributedDataParallel, which averages the gradients across processes during backward."""
+    if not procs.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def gradient_sync(train_model, procs: Processes, last_micro_step: bool):

@@ -3,12 +3,12 @@
 Read this to see which parameters Muon trains (`optimizer = "muon"` in Model_Params.py) and which get
 weight decay. Muon itself is PyTorch's (torch.optim.Muon); this module only decides who gets what.
 
-Why AdamW's ε (adam_eps) matters here: Adam divides each gradient by its own running size, so a
+Why AdamW's ε (ADAM_EPS) matters here: Adam divides each gradient by its own running size, so a
 gradient of 1e-9 moves a weight as far as one of 1e-1. A token the training text never contains
 still gets a gradient at every step: the softmax pushes its output row (tied to its embedding)
 away from the hidden states. Adam turns that push, however small, into full-size steps, so the
 row grows and the model ends up betting ~20 nats against the token, far below a fair share. ε is
-the gradient size below which Adam's steps shrink: 1e-4 (train.py's --adam-eps) instead of PyTorch's
+the gradient size below which Adam's steps shrink: 1e-4 instead of PyTorch's
 1e-8 stops that push early, while gradients well above it move their weights as before.
 """
 from __future__ import annotations
@@ -17,11 +17,12 @@ import torch
 import torch.nn as nn
 
 OPTIMIZERS = ("adamw", "muon")
+ADAM_EPS = 1e-4
 
 
 def configure_optimizer(model: nn.Module, learning_rate: float, weight_decay: float,
                         betas: tuple[float, float] = (0.9, 0.95), optimizer: str = "adamw",
-                        muon_lr: float = 0.02, adam_eps: float = 1e-8):
+                        muon_lr: float = 0.02, adam_eps: float = ADAM_EPS):
     """The optimizer for training `model`: "adamw" (everything), or "muon" (Muon for the weight
     matrices inside the blocks, AdamW for the rest; see MuonWithAdamW) with peak rate muon_lr
     for Muon's part; adam_eps is AdamW's ε. The trainer sets the rates every step (see train.py)."""

@@ -28,11 +28,20 @@ class Parser(argparse.ArgumentParser):
     option takes both spellings: options are defined as --vocab-size (what --help shows), and
     --vocab_size is read as that too."""
 
+    def __init__(self, *args, removed: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.removed = removed or {}         # options an earlier version had: name -> what to do instead
+
     def error(self, message):
         raise UserError(f"{message} (see python {self.prog} --help)")
 
     def parse_known_args(self, args=None, namespace=None):
-        return super().parse_known_args(one_spelling(sys.argv[1:] if args is None else list(args)), namespace)
+        args = one_spelling(sys.argv[1:] if args is None else list(args))
+        for arg in args:
+            name = arg.partition("=")[0][2:].replace("-", "_") if arg.startswith("--") else None
+            if name in self.removed:
+                raise UserError(f"--{name.replace('_', '-')} was removed: {self.removed[name]}")
+        return super().parse_known_args(args, namespace)
 
 
 def one_spelling(argv: list[str]) -> list[str]:
@@ -46,21 +55,6 @@ def one_spelling(argv: list[str]) -> list[str]:
             arg = name.replace("_", "-") + equals + value
         spelled.append(arg)
     return spelled
-
-
-# train.py's settings that have no line in Model_Params.py, because few need to change them:
-# name -> (default, help). `python train.py --help` lists them with the rest.
-TRAIN_FLAGS = {
-    "grad_accum_steps": (1, "micro-batches summed into one optimiser step (1 = off)"),
-    "muon_lr": (0.02, "peak Muon learning rate (optimizer muon); the same warm-up and decay as learning_rate"),
-    "adam_eps": (1e-4, "AdamW's ε: gradients far below it barely move a weight (see support/optim.py)"),
-    "ema_decay": (0.0, "> 0: evaluate and save a moving average of the weights, e.g. 0.998 (0 = off)"),
-    "teacher": ("", "a trained .pth (same tokenizer) to learn from as well as the text: distillation (\"\" = off)"),
-    "distill_weight": (0.5, "with a teacher: loss = (1 - w) × cross-entropy with the text + w × KL(teacher ‖ model)"),
-    "eval_windows": (200, "fixed validation windows scored at each evaluation"),
-    "final_eval_tokens": (1_000_000, "most validation tokens scored by the final evaluation, in windows spread "
-                                     "evenly over the split (0 = all)"),
-}
 
 
 def load_params(needed: dict[str, type]):
@@ -83,11 +77,10 @@ def load_params(needed: dict[str, type]):
     return params
 
 
-def param_defaults(params, needed: dict[str, type], flags: dict | None = None) -> dict:
-    """The `needed` settings' values in Model_Params (floats as floats), then each flag's default."""
-    defaults = {name: float(getattr(params, name)) if kind is float else getattr(params, name)
-                for name, kind in needed.items()}
-    return {**defaults, **{name: default for name, (default, _) in (flags or {}).items()}}
+def param_defaults(params, needed: dict[str, type]) -> dict:
+    """The `needed` settings' values in Model_Params (floats as floats)."""
+    return {name: float(getattr(params, name)) if kind is float else getattr(params, name)
+            for name, kind in needed.items()}
 
 
 def param_help(params) -> dict[str, tuple[str, str]]:
@@ -106,15 +99,14 @@ def param_help(params) -> dict[str, tuple[str, str]]:
     return found
 
 
-def add_param_options(parser: argparse.ArgumentParser, params, defaults: dict, flags: dict) -> None:
+def add_param_options(parser: argparse.ArgumentParser, params, defaults: dict) -> None:
     """One `--<name> VALUE` option for each setting in defaults, grouped by Model_Params.py's
-    sections, its help the setting's comment in the file (flags: name -> (default, help), for the
-    settings that have no line there)."""
-    helps, groups = {**param_help(params), **{name: ("flags only", what) for name, (_, what) in flags.items()}}, {}
+    sections, its help the setting's comment in the file."""
+    helps, groups = param_help(params), {}
     for name, default in defaults.items():
         section, comment = helps.get(name, ("hyperparameters", ""))
         if section not in groups:
-            groups[section] = parser.add_argument_group(section if section == "flags only" else f"Model_Params: {section}")
+            groups[section] = parser.add_argument_group(f"Model_Params: {section}")
         groups[section].add_argument("--" + name.replace("_", "-"), type=checked(type(default)), default=default,
                                      metavar=type(default).__name__.upper(),
                                      help=f"{comment} (default: {default})".replace("%", "%%"))
@@ -149,22 +141,30 @@ def checked(kind: type, is_ok=None, what: str | None = None):
     return parse
 
 
-def check_ranges(cfg, at_least: dict, not_negative=(), above_zero=(), fractions=(), weights=()) -> None:
-    """One UserError line for the first setting out of its range: at_least {name: lowest value},
-    not_negative (>= 0), above_zero (> 0), fractions (in [0, 1)), weights (in [0, 1])."""
-    rules = [(name, lambda v, low=low: v >= low, f"must be at least {low}") for name, low in at_least.items()]
-    rules += [(name, lambda v: v >= 0, "must not be negative") for name in not_negative]
-    rules += [(name, lambda v: v > 0, "must be above 0") for name in above_zero]
-    rules += [(name, lambda v: 0 <= v < 1, "must be in [0, 1)") for name in fractions]
-    rules += [(name, lambda v: 0 <= v <= 1, "must be in [0, 1]") for name in weights]
-    for name, is_ok, what in rules:
-        if not is_ok(getattr(cfg, name)):
-            raise UserError(f"--{name.replace('_', '-')} {what}, got {getattr(cfg, name)}")
+# Options train.py once had, and what to do instead: an old command gets one line, not "unrecognized".
+REMOVED_OPTIONS = {
+    "ema_decay": "the weight average measured worse than the weights themselves (docs/EXPERIMENTS.md)",
+    "teacher": "learning from a teacher gained 0.02 nats/char for 2.6x the time (docs/EXPERIMENTS.md)",
+    "distill_weight": "learning from a teacher gained 0.02 nats/char for 2.6x the time (docs/EXPERIMENTS.md)",
+    "adam_eps": "AdamW's ε is fixed at 1e-4 (support/optim.py says why)",
+    "eval_windows": "each evaluation scores 200 fixed windows",
+    "final_eval_tokens": "the final evaluation scores at most 1,000,000 validation tokens",
+    "workers": "tokenizing uses every core",
+    "compile": "torch.compile never made a step faster here (docs/EXPERIMENTS.md)",
+    "stop_at_step": "press Ctrl-C to stop and save; running train.py again resumes exactly",
+    "min_lr": "the schedule decays to 0",
+    "grad_clip": "the gradient norm is always clipped to 1.0 (train.py's GRAD_CLIP)",
+    "vocab_size": "the vocabulary is init.py's: run `python init.py --vocab-size N`, then train.py",
+}
 
 
-def add_run_options(parser: argparse.ArgumentParser, repo, dtypes) -> None:
-    """train.py's own options, beside the Model_Params ones: what to read and write, and how to run
-    (repo: the project folder, holding the default paths; dtypes: the --dtype choices)."""
+def train_parser(repo, params, needed: dict[str, type], dtypes) -> argparse.ArgumentParser:
+    """train.py's command line: what to read and write and how to run, then one option for each
+    Model_Params setting it reads (needed), defaulting to the file's value."""
+    parser = Parser(prog="train.py", allow_abbrev=False, removed=REMOVED_OPTIONS,
+                    description="Train the transformer on a text file. Rerunning resumes exactly from "
+                                "weights-latest.pth; everything printed goes to stderr. Every option is "
+                                "accepted with - or _ (--max-iters, --max_iters).")
     run = parser.add_argument_group("run")
     run.add_argument("--input", default=str(repo / "Train_Data" / "input.txt"),
                      help="UTF-8 text to train on (default: Train_Data/input.txt)")
@@ -172,9 +172,6 @@ def add_run_options(parser: argparse.ArgumentParser, repo, dtypes) -> None:
                      help="tokenizer written by init.py (default: tokenizer_save/)")
     run.add_argument("--weights-dir", default=str(repo / "Saved_Weights"),
                      help="where checkpoints, loss_history.csv and loss.png go (default: Saved_Weights/)")
-    run.add_argument("--stop-at-step", dest="stop_at", type=checked(int), default=None, metavar="N",
-                     help="stop when the step count reaches N; the schedule still ends at --max-iters "
-                          "(Model_Params' max_iters, not a stop), so a later run continues seamlessly")
     run.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     run.add_argument("--dtype", default="auto", choices=dtypes,
                      help="autocast precision; auto = bfloat16 where supported, float16 on older GPUs "
@@ -182,6 +179,23 @@ def add_run_options(parser: argparse.ArgumentParser, repo, dtypes) -> None:
     run.add_argument("--seed", type=checked(int), default=1337, help="random seed (default: 1337)")
     run.add_argument("--fresh", action="store_true", help="start from step 0; the run already in --weights-dir "
                      "is moved into a subfolder of it (earlier-run-N), not overwritten")
-    run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
-    run.add_argument("--workers", type=checked(int), default=None, metavar="N",
-                     help="processes that tokenize the input when its ids are not cached yet (default: all cores)")
+    add_param_options(parser, params, param_defaults(params, needed))
+    return parser
+
+
+def check_train_settings(cfg) -> None:
+    """One UserError line for the first of train.py's settings that makes no sense."""
+    positive = ("block_size", "emb_len", "num_layers", "num_heads", "batch_size", "grad_accum_steps", "eval_interval")
+    rules = [(name, lambda v: v >= 1, "must be at least 1") for name in positive]
+    rules += [(name, lambda v: v >= 0, "must not be negative")
+              for name in ("max_iters", "warmup_iters", "weight_decay", "max_minutes", "max_epochs")]
+    rules += [(name, lambda v: v > 0, "must be above 0") for name in ("learning_rate", "muon_lr")]
+    rules += [(name, lambda v: 0 <= v < 1, "must be in [0, 1)") for name in ("dropout", "bpe_dropout")]
+    for name, is_ok, what in rules:
+        if not is_ok(getattr(cfg, name)):
+            raise UserError(f"--{name.replace('_', '-')} {what}, got {getattr(cfg, name)}")
+    for name, choices in (("optimizer", ("adamw", "muon")), ("positions", ("learned", "rotary"))):
+        if getattr(cfg, name) not in choices:
+            raise UserError(f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
+    if cfg.emb_len % cfg.num_heads:
+        raise UserError(f"--emb-len ({cfg.emb_len}) must be divisible by --num-heads ({cfg.num_heads})")

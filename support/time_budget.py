@@ -1,12 +1,10 @@
 """The time budget (max_minutes): where the learning-rate schedule ends so a run limited by minutes finishes decayed.
 
 Read this when you train for a fixed number of minutes and wonder how train.py knows where to end
-its cosine curve. A run limited by steps never consults it beyond the `out_of_time` check. Passes
-(max_epochs) are turned into steps here too (`last_step`).
+its cosine curve. A run limited by steps never consults it beyond the `out_of_time` check.
 """
 from __future__ import annotations
 
-import math
 import time
 
 from support.distributed import Processes, all_reduce_sum
@@ -18,15 +16,6 @@ FIRST_RESERVE = 0.03      # share of the budget kept for the final evaluation un
 def clock() -> float:
     """Seconds on a monotonic clock: the budget's one source of time (a test may replace it)."""
     return time.monotonic()
-
-
-def last_step(cfg, n_train_tokens: int, world_size: int) -> int:
-    """max_iters, or sooner the step that has read max_epochs passes' worth of training tokens
-    (random windows, so a pass reads as many tokens as the split holds, not each one once)."""
-    if cfg.max_epochs == 0:
-        return cfg.max_iters
-    tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * world_size * cfg.block_size
-    return min(cfg.max_iters, max(1, math.ceil(cfg.max_epochs * n_train_tokens / tokens_per_step)))
 
 
 class TimeBudget:
