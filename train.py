@@ -48,7 +48,7 @@ from support.report import describe
 from support.scoring import EvalResult, chars_per_token, final_windows, fixed_windows, score_windows, windows_to_batch
 from support.settings import UserError, check_train_settings, load_params, train_parser
 from support.stopping import StopRequest
-from support.time_budget import TimeBudget, clock
+from support import time_budget
 from tokenizer import Tokenizer, TokenizerError
 
 REPO = Path(__file__).resolve().parent
@@ -110,9 +110,13 @@ NEEDED_PARAMS = {"block_size": int, "emb_len": int, "num_layers": int, "num_head
                  "max_minutes": float}
 
 
+def build_parser():
+    return train_parser(REPO, load_params(NEEDED_PARAMS), NEEDED_PARAMS, DTYPES)
+
+
 def parse_settings(argv):
     """The run's settings: Model_Params defaults, overridden by flags, checked for sense."""
-    cfg = train_parser(REPO, load_params(NEEDED_PARAMS), NEEDED_PARAMS, DTYPES).parse_args(argv)
+    cfg = build_parser().parse_args(argv)
     check_train_settings(cfg)
     return cfg
 
@@ -174,7 +178,8 @@ def train(cfg, procs, device, started: float) -> int:
             f"{'--fresh' if cfg.fresh else 'not a run of this text and tokenizer'}); starting a new one")
     last_step = steps_in_schedule(cfg, len(train_ids), procs.world_size)
     chars = chars_per_token(tokenizer)                     # (V,) characters each token starts
-    windows = fixed_windows(len(val_ids), cfg.block_size, EVAL_WINDOWS)
+    # The same validation windows at every evaluation, no more than fit in the split side by side.
+    windows = fixed_windows(len(val_ids), cfg.block_size, min(EVAL_WINDOWS, len(val_ids) // cfg.block_size))
     parts = merge_parts(tokenizer.merges, tokenizer.vocab_size)   # (V, 2) for BPE-dropout
 
     # The model and optimizer. Seeds: identical initial weights on every process; one batch generator
@@ -194,14 +199,14 @@ def train(cfg, procs, device, started: float) -> int:
     if resumed is not None:
         restore_training_state(resumed, model, optimizer, scaler, batches, procs, device, cfg.seed, cfg.dropout, say)
         step, best_val, saved_step = resumed["step"], resumed.get("best_val"), resumed["step"]
-    budget = TimeBudget(cfg.max_minutes, (resumed or {}).get("minutes", 0.0), started, last_step, procs, device)
+    budget = time_budget.TimeBudget(cfg.max_minutes, (resumed or {}).get("minutes", 0.0), started, last_step, procs, device)
     describe(cfg, procs, device, amp_dtype, tokenizer, model, train_ids, val_ids, last_step, resumed,
              train_config(cfg, procs.world_size), say)
     if procs.is_main:
         remove_leftover_temps(weights_dir, say)
 
     final = final_windows(len(val_ids), cfg.block_size, FINAL_EVAL_TOKENS)
-    horizon = budget.start_loop(step)            # where the schedule ends: last_step, or sooner to fit max_minutes
+    horizon = min(last_step, budget.start_loop(step))   # where the schedule ends: sooner to fit max_minutes
     lr = learning_rate_at(step, cfg, horizon)
 
     # Nothing left to train? Then perhaps the final evaluation of a run killed during it.
@@ -272,9 +277,9 @@ def train(cfg, procs, device, started: float) -> int:
                     # Validation, weights-best.pth when nats/char improved, a history row, then
                     # weights-latest.pth. Latest is written last: a run killed before it resumes from
                     # the previous evaluation and redoes this one exactly, rewriting the other two.
-                    timer = clock()
+                    timer = time_budget.clock()
                     result = evaluate(model, val_ids, windows, chars, cfg.batch_size, device, amp_dtype, procs)
-                    budget.timed_evaluation(clock() - timer, result.tokens, final)
+                    budget.timed_evaluation(time_budget.clock() - timer, result.tokens, final)
                     if not math.isfinite(result.nll):
                         raise LossNotFinite(f"validation loss became {result.nll} at step {step}")
                     improved = best_val is None or result.nats_per_char < best_val
@@ -318,7 +323,7 @@ class LossNotFinite(Exception):
 
 
 def main(argv=None) -> int:
-    started = clock()                # the time budget counts from here: tokenizing and setting up use it too
+    started = time_budget.clock()    # the time budget counts from here: tokenizing and setting up use it too
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cfg = parse_settings(argv)

@@ -107,7 +107,7 @@ def main() -> int:
             "train.py": measure([py, "train.py", "--input", str(big), "--tokenizer-dir", str(work / "tok"),
                                  "--weights-dir", str(work / "weights"), "--max_iters", "1", "--block_size", "64",
                                  "--emb_len", "32", "--num_layers", "1", "--num_heads", "1",
-                                 "--batch_size", "32", "--eval_windows", "8", "--max_minutes", "0"], "train.py"),
+                                 "--batch_size", "32", "--max_minutes", "0"], "train.py"),
         }
         cache = sum(f.stat().st_size for f in (work / ".cache").glob("*.npy"))
         print(f"token cache: {cache:,} bytes")

@@ -48,14 +48,12 @@ def test_no_split_changes_nothing_and_byte_tokens_never_split():
 
 
 def batches(bpe_dropout: float, rank: int = 0, world_size: int = 1, grad_accum: int = 1, seed: int = 0) -> list:
-    """Five steps' (x, y) micro-batches from train.step_batches on the tiny text, batch 8 × 16 tokens."""
+    """Five steps' (x, y) micro-batches from train.get_batch on the tiny text, batch 8 × 16 tokens."""
     cfg = train.parse_settings(["--block_size", "16", "--batch_size", "8", "--bpe_dropout", str(bpe_dropout),
                                 "--grad_accum_steps", str(grad_accum)])
-    cfg.vocab_size = TOKENIZER.vocab_size
     procs = Processes(rank=rank, world_size=world_size)
     generator = torch.Generator().manual_seed(seed)
-    return [xy for _ in range(5) for xy in train.step_batches(IDS, cfg, procs, generator, torch.device("cpu"),
-                                                              PARTS)]
+    return [xy for _ in range(5) for xy in train.get_batch(IDS, cfg, generator, procs, torch.device("cpu"), PARTS)]
 
 
 def same(a: list, b: list) -> bool:

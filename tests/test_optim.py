@@ -5,7 +5,7 @@ import torch
 
 from test_model import tiny_model
 
-from support.optim import MuonWithAdamW, configure_optimizer
+from support.optim import ADAM_EPS, MuonWithAdamW, configure_optimizer
 
 
 def test_configure_optimizer_decays_exactly_the_matrices():
@@ -32,7 +32,7 @@ def test_configured_optimizer_takes_the_same_steps_as_plain_adamw():
     fast = configure_optimizer(model, learning_rate=1e-2, weight_decay=0.1)
     plain = torch.optim.AdamW([{"params": [p for p in twin.parameters() if p.dim() >= 2], "weight_decay": 0.1},
                                {"params": [p for p in twin.parameters() if p.dim() < 2], "weight_decay": 0.0}],
-                              lr=1e-2, betas=(0.9, 0.95), foreach=False)
+                              lr=1e-2, betas=(0.9, 0.95), eps=ADAM_EPS, foreach=False)
     # The same made-up gradients for both, so only the optimisers' arithmetic can differ.
     torch.manual_seed(4)
     grads = [[torch.randn_like(p) for p in model.parameters()] for _ in range(3)]
@@ -54,7 +54,7 @@ def test_muon_moves_block_matrices_by_an_orthogonalized_update_and_the_rest_by_a
         {id(p) for p in model.parameters()} - in_muon                    # embeddings, gains, biases
     plain = torch.optim.AdamW([{"params": [twin.tok_emb.weight], "weight_decay": 0.1},
                                {"params": [p for p in twin.parameters() if p.dim() < 2], "weight_decay": 0.0}],
-                              lr=1e-2, betas=(0.9, 0.95), foreach=False)
+                              lr=1e-2, betas=(0.9, 0.95), eps=ADAM_EPS, foreach=False)
     # A gradient with known singular vectors and very unequal singular values (10 ... 0.3).
     torch.manual_seed(3)
     names = [name for name, _ in model.named_parameters()]

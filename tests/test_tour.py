@@ -105,7 +105,7 @@ def test_the_tour_on_a_fresh_copy_keeps_the_shipped_files_and_run_names_what_it_
     init = run_script(fresh_copy / "init.py", cwd=fresh_copy)
     assert init.returncode == 0, init.stderr
     assert file_hashes(fresh_copy) == shipped_files              # the same tokenizer, byte for byte
-    train = run_script(fresh_copy / "train.py", "--stop-at-step", "2", "--eval_interval", "1",
+    train = run_script(fresh_copy / "train.py", "--max-iters", "2", "--eval_interval", "1",
                        cwd=fresh_copy, timeout=900)
     assert train.returncode == 0, train.stderr
     assert (fresh_copy / "Saved_Weights" / "weights-best.pth").is_file()

@@ -35,8 +35,8 @@ from tokenizer import Tokenizer
 # A tiny model for in-process runs. The optimizer and the length are pinned (AdamW, no max_epochs),
 # so these tests do not change when Model_Params' defaults are retuned; a test that wants Muon says so.
 SMALL = ("--block_size", "16", "--emb_len", "32", "--num_layers", "2", "--num_heads", "2",
-         "--batch_size", "8", "--eval_windows", "8", "--warmup_iters", "3", "--learning_rate", "3e-3",
-         "--max_epochs", "0", "--optimizer", "adamw", "--teacher", "")
+         "--batch_size", "8", "--warmup_iters", "3", "--learning_rate", "3e-3", "--max_epochs", "0",
+         "--optimizer", "adamw")
 
 
 def paths(tiny, weights_dir=None, **changes) -> list[str]:
@@ -83,6 +83,18 @@ def assert_one_error_line(code: int, err: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def press_ctrl_c_during_step(monkeypatch, n: int) -> None:
+    """The next train.main run gets a real SIGINT during its n-th step (counted from where it starts)."""
+    real, calls = train.set_learning_rate, []
+
+    def set_learning_rate(*args):
+        calls.append(1)
+        if len(calls) == n:
+            signal.raise_signal(signal.SIGINT)
+        real(*args)
+    monkeypatch.setattr(train, "set_learning_rate", set_learning_rate)
 
 
 def wait_for_file(path, proc, timeout: float = 300) -> None:
@@ -140,21 +152,21 @@ def test_rerun_after_the_end_has_nothing_to_do(tiny_trained, capsys, tmp_path):
 
 # ──────────────────────────────────────── exact resume ────────────────────────────────────────
 
-@pytest.mark.parametrize("optimizer, teacher", [("adamw", False), ("muon", False), ("adamw", True)])
-def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained, tmp_path, capsys, optimizer,
-                                                                  teacher):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_ctrl_c_gives_same_weights_as_uninterrupted_run(tiny_trained, tmp_path, capsys, monkeypatch,
+                                                                     optimizer):
     # Dropout, BPE-dropout and gradient accumulation on, so the dropout generator and the batch
     # generator (windows and split coins) both have to come back exactly; with Muon, both optimizers'
-    # states too; with a teacher, its predictions in the loss.
+    # states too.
     flags = (*SMALL, "--max_iters", "12", "--eval_interval", "5", "--dropout", "0.1", "--bpe_dropout", "0.2",
-             "--grad_accum_steps", "2", "--seed", "5", "--optimizer", optimizer,
-             *(("--teacher", tiny_trained["weights_dir"] / "weights-best.pth", "--distill_weight", "0.5")
-               if teacher else ()))
+             "--grad_accum_steps", "2", "--seed", "5", "--optimizer", optimizer)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert call_main(capsys, *paths(tiny_trained, whole), *flags)[0] == 0
-    code, err = call_main(capsys, *paths(tiny_trained, parts), *flags, "--stop-at-step", "7")
-    assert code == 0, err
+    press_ctrl_c_during_step(monkeypatch, 7)
+    code, err = call_main(capsys, *paths(tiny_trained, parts), *flags)
+    assert code == 130 and "stopped at step 7" in err, err
     assert load_checkpoint(parts / "weights-latest.pth")["step"] == 7
+    monkeypatch.undo()
     torch.manual_seed(999)                   # whatever the generators hold now must not matter
     code, err = call_main(capsys, *paths(tiny_trained, parts), *flags)
     assert code == 0, err
@@ -177,37 +189,6 @@ def test_resume_after_stop_gives_same_weights_as_uninterrupted_run(tiny_trained,
     assert a["best_val"] == b["best_val"]
 
 
-def test_weight_average_is_evaluated_kept_as_best_and_resumed_exactly(tiny_trained, tmp_path, capsys):
-    flags = (*SMALL, "--max_iters", "12", "--eval_interval", "5", "--dropout", "0.1", "--seed", "5",
-             "--ema_decay", "0.8", "--dtype", "float32", "--device", "cpu")   # scored again below on the CPU, exactly
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert call_main(capsys, *paths(tiny_trained, whole), *flags)[0] == 0
-    assert call_main(capsys, *paths(tiny_trained, parts), *flags, "--stop-at-step", "7")[0] == 0
-    assert call_main(capsys, *paths(tiny_trained, parts), *flags)[0] == 0
-    a, b = load_checkpoint(whole / "weights-latest.pth"), load_checkpoint(parts / "weights-latest.pth")
-    average = a["weight_average"]["average"]
-    for name, tensor in a["model"].items():                   # stopped and resumed: bit for bit
-        assert torch.equal(tensor, b["model"][name]) and torch.equal(average[name], b["weight_average"]["average"][name])
-    assert any(not torch.equal(average[name], a["model"][name]) for name in average)   # it is not the weights
-
-    # The final figure is the average's, not the weights'.
-    tokenizer = Tokenizer.load(tiny_trained["tokenizer_dir"])
-    ids = np.array(tokenizer.encode(TINY_TEXT), dtype=np.int64)
-    _, val = train.split_ids(ids, 16, tiny_trained["input"])
-    windows = final_windows(len(val), 16, 0)
-
-    def nats_per_char(weights) -> float:
-        model = model_from_checkpoint({**a, "model": weights}, torch.device("cpu"))
-        return score_windows(model, val, windows, chars_per_token(tokenizer), torch.device("cpu")).nats_per_char
-
-    final = float(history(whole)[-1]["val_nats_per_char"])
-    assert final == pytest.approx(nats_per_char(average), abs=1e-5)
-    assert final != pytest.approx(nats_per_char(a["model"]), abs=1e-5)
-    best = load_checkpoint(whole / "weights-best.pth")
-    assert best["step"] == a["step"]                          # the last evaluation was the best: its weights
-    assert all(torch.equal(best["model"][name], average[name]) for name in average)   # are the average's
-
-
 def test_token_ids_are_cached_compactly_and_reused(tmp_path, monkeypatch):
     tokenizer = Tokenizer()
     tokenizer.train(TINY_TEXT, TINY_VOCAB)
@@ -226,22 +207,23 @@ def test_token_ids_are_cached_compactly_and_reused(tmp_path, monkeypatch):
 
 def test_overrides_are_parsed_with_the_defaults_types():
     cfg = train.parse_settings(["--emb_len", "64", "--learning_rate", "2e-3", "--dropout", "0",
-                                "--num_heads", "8", "--stop-at-step", "10", "--max-minutes", "1.5"])
+                                "--num_heads", "8", "--max-minutes", "1.5"])
     assert (cfg.emb_len, cfg.num_heads) == (64, 8) and type(cfg.emb_len) is int
     assert cfg.learning_rate == 2e-3 and type(cfg.dropout) is float       # "0" given, float kept
-    assert cfg.stop_at == 10 and cfg.max_minutes == 1.5
+    assert cfg.max_minutes == 1.5
     assert cfg.batch_size == Model_Params.batch_size                      # untouched default
     assert train.parse_settings([]).max_iters == Model_Params.max_iters
 
 
-def test_help_lists_every_setting_once_in_one_spelling_and_no_sampling_setting():
+def test_help_lists_every_setting_once_in_one_spelling_at_most_25_options_and_no_sampling_setting():
     text = train.build_parser().format_help()
-    for name in train.param_defaults():
+    for name in train.NEEDED_PARAMS:
         assert f"--{name.replace('_', '-')} " in text, name
         assert "_" not in name or f"--{name} " not in text, name          # one spelling shown
-    for flag in ("--input", "--tokenizer-dir", "--weights-dir", "--stop-at-step", "--max-minutes", "--device",
-                 "--seed", "--fresh", "--compile", "--final-eval-tokens", "--positions", "--teacher"):
+    for flag in ("--input", "--tokenizer-dir", "--weights-dir", "--max-minutes", "--device", "--seed", "--fresh",
+                 "--positions", "--grad-accum-steps", "--muon-lr"):
         assert flag in text
+    assert len(re.findall(r"^  --", text, re.MULTILINE)) <= 25
     for sampling in ("--temperature", "--top-k", "--top-p", "--max-new-tokens"):   # run.py's settings
         assert sampling not in text
         with pytest.raises(train.UserError, match="unrecognized arguments"):
@@ -249,13 +231,12 @@ def test_help_lists_every_setting_once_in_one_spelling_and_no_sampling_setting()
 
 
 def test_every_option_takes_both_spellings_and_max_iters_is_where_the_schedule_ends():
-    hyphens = train.parse_settings(["--max-iters", "10", "--emb-len", "64", "--num-heads=8", "--stop-at-step", "5",
+    hyphens = train.parse_settings(["--max-iters", "10", "--emb-len", "64", "--num-heads=8",
                                     "--weights-dir", "w", "--bpe-dropout", "0"])
-    underscores = train.parse_settings(["--max_iters", "10", "--emb_len", "64", "--num_heads=8", "--stop_at_step", "5",
+    underscores = train.parse_settings(["--max_iters", "10", "--emb_len", "64", "--num_heads=8",
                                         "--weights_dir", "w", "--bpe_dropout", "0"])
     assert vars(hyphens) == vars(underscores)
-    assert hyphens.max_iters == 10 and hyphens.stop_at == 5 and hyphens.emb_len == 64 and hyphens.num_heads == 8
-    assert hyphens.overridden == {"max_iters", "emb_len", "num_heads", "bpe_dropout"}
+    assert hyphens.max_iters == 10 and hyphens.emb_len == 64 and hyphens.num_heads == 8
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -265,14 +246,13 @@ def test_every_option_takes_both_spellings_and_max_iters_is_where_the_schedule_e
     (["--no_such_param", "1"], "unrecognized arguments"),
     (["--emb_len", "30", "--num_heads", "4"], "divisible"),
     (["--batch_size", "0"], "--batch-size must be at least 1"),
-    (["--stop-at-step", "99999999", "--max_iters", "5000"],
-     "--stop-at-step 99999999 is past the end of the schedule (max_iters 5000); to train longer pass --max-iters 99999999"),
-    (["--stop-at-step", "0"], "--stop-at-step must be at least 1"),
-    (["--final_eval_tokens", "-1"], "--final-eval-tokens must be at least 0"),
+    (["--stop-at-step", "9"], "--stop-at-step was removed: press Ctrl-C to stop and save"),
+    (["--teacher=x.pth"], "--teacher was removed: learning from a teacher gained"),
+    (["--ema_decay", "0.9"], "--ema-decay was removed: the weight average measured worse"),
+    (["--vocab-size", "512"], "--vocab-size was removed: the vocabulary is init.py's"),
     (["--optimizer", "sgd"], "--optimizer must be one of adamw, muon, got 'sgd'"),
     (["--muon_lr", "0"], "--muon-lr must be above 0"),
     (["--max_epochs", "-1"], "--max-epochs must not be negative"),
-    (["--adam_eps", "0"], "--adam-eps must be above 0"),
     (["--bpe_dropout", "1"], "--bpe-dropout must be in [0, 1), got 1.0"),
 ])
 def test_bad_settings_are_one_line_errors(args, fragment):
@@ -287,46 +267,6 @@ def test_bad_type_on_the_command_line_exits_2_with_one_line():
     assert_one_error_line(result.returncode, result.stderr, "--num-layers", "'two'")
 
 
-# ───────────────────────────────── the plain loop and the real one ─────────────────────────────────
-
-@pytest.mark.parametrize("optimizer, positions", [("adamw", "learned"), ("muon", "rotary")])
-def test_train_plain_and_train_give_bit_identical_weights_and_validation_figures(
-        tiny_trained, tmp_path, capsys, monkeypatch, optimizer, positions):
-    # train() with its extras off: one process, no time budget, teacher, average, accumulation,
-    # BPE-dropout or mixed precision. Dropout on, so that its random masks must match too.
-    flags = [*SMALL, "--max_iters", "20", "--eval_interval", "10", "--dropout", "0.1", "--bpe_dropout", "0",
-             "--dtype", "float32", "--device", "cpu", "--seed", "4", "--max-minutes", "0", "--optimizer", optimizer,
-             "--positions", positions]
-    real_evaluate, evaluations = train.evaluate, []
-
-    def evaluate(*args, **kwargs):
-        evaluations.append(real_evaluate(*args, **kwargs))
-        return evaluations[-1]
-    monkeypatch.setattr(train, "evaluate", evaluate)
-    weights = tmp_path / "w"
-    code, err = call_main(capsys, *paths(tiny_trained, weights), *flags)
-    assert code == 0, err
-    monkeypatch.setattr(train, "evaluate", real_evaluate)
-
-    cfg = train.parse_settings(flags)
-    tokenizer = Tokenizer.load(tiny_trained["tokenizer_dir"])
-    ids = np.array(tokenizer.encode(TINY_TEXT), dtype=np.uint16)
-    train_ids, val_ids = train.split_ids(ids, cfg.block_size, tiny_trained["input"])
-    torch.manual_seed(cfg.seed)
-    model = Transformer(ModelConfig(tokenizer.vocab_size, cfg.block_size, cfg.emb_len, cfg.num_layers, cfg.num_heads,
-                                    cfg.dropout, positions))
-    torch.manual_seed(cfg.seed + 2)
-    plain = train.train_plain(model, train_ids, val_ids, chars_per_token(tokenizer), cfg)
-    assert [step for step in re.findall(r"step (\d+): train", capsys.readouterr().err)] == ["10", "20"]
-
-    latest = load_checkpoint(weights / "weights-latest.pth")
-    assert latest["step"] == 20
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, latest["model"][name]), name
-    assert [(r.nll, r.tokens, r.chars) for r in plain] == [(r.nll, r.tokens, r.chars) for r in evaluations[:2]]
-    assert len(evaluations) == 3                          # the two on the fixed windows, then the final one
-
-
 # ─────────────────────────────────── refusing to start ────────────────────────────────────────
 
 def test_resume_with_other_model_shape_names_it_and_fresh_starts_over(tiny_trained, capsys, tmp_path):
@@ -334,7 +274,7 @@ def test_resume_with_other_model_shape_names_it_and_fresh_starts_over(tiny_train
     flags = [*tiny_trained["train_flags"], "--emb_len", "48"]
     code, err = call_main(capsys, *paths(tiny_trained, weights), *flags)
     assert_one_error_line(code, err, "emb_len 32 -> 48", "--fresh")
-    code, err = call_main(capsys, *paths(tiny_trained, weights), *flags, "--fresh", "--stop-at-step", "2")
+    code, err = call_main(capsys, *paths(tiny_trained, weights), *flags, "--fresh", "--max-iters", "2")
     assert code == 0, err
     assert load_checkpoint(weights / "weights-latest.pth")["model_config"]["emb_len"] == 48
     assert [r["step"] for r in history(weights)] == ["2", "2"]          # a fresh history
@@ -510,102 +450,33 @@ def test_evaluation_is_without_dropout_and_leaves_the_model_training(tiny_traine
 
 def test_max_epochs_ends_the_schedule_after_that_many_passes(tiny_trained, tmp_path, capsys):
     code, err = call_main(capsys, *paths(tiny_trained, tmp_path / "w"), *SMALL, "--max_iters", "1000",
-                          "--max_epochs", "0.5", "--eval_interval", "1000", "--min_lr", "1e-4")
+                          "--max_epochs", "0.5", "--eval_interval", "1000")
     assert code == 0, err
     n_train = int(re.search(r"— ([\d,]+) training", err).group(1).replace(",", ""))
     steps = math.ceil(0.5 * n_train / (8 * 16))                # half the tokens, 8 windows of 16 a step
     assert 1 < steps < 1000
     assert f"max_epochs 0.5: at most {steps:,} steps" in err
     assert "final, whole validation split" in err and f"at step {steps}:" in err
-    cfg = train.parse_settings([*SMALL, "--max_iters", str(steps), "--min_lr", "1e-4"])
-    [last] = history(tmp_path / "w")[-1:]            # the last step's rate: its cosine ended at `steps`
-    assert float(last["lr"]) == pytest.approx(train.learning_rate_at(steps - 1, cfg), rel=1e-4)
+    cfg = train.parse_settings([*SMALL, "--max_iters", str(steps)])
+    [last] = history(tmp_path / "w")[-2:-1]          # the last step's rate: its cosine ended at `steps`
+    assert float(last["lr"]) == pytest.approx(train.learning_rate_at(steps - 1, cfg, steps), rel=1e-4)
+    assert float(last["lr"]) < train.learning_rate_at(steps - 2, cfg, steps)
 
 
-def test_adam_eps_reaches_the_optimizer_and_its_checkpoint(tiny_trained, tmp_path, capsys):
+def test_adamw_trains_with_an_eps_of_1e_4(tiny_trained, tmp_path, capsys):
     code, err = call_main(capsys, *paths(tiny_trained, tmp_path / "w"), *SMALL, "--max_iters", "2",
-                          "--eval_interval", "2", "--optimizer", "adamw", "--adam_eps", "1e-6")
+                          "--eval_interval", "2", "--optimizer", "adamw")
     assert code == 0, err
     ckpt = load_checkpoint(tmp_path / "w" / "weights-latest.pth")
-    assert [g["eps"] for g in ckpt["optimizer"]["param_groups"]] == [1e-6, 1e-6]
-    assert ckpt["train_config"]["adam_eps"] == 1e-6
+    assert [g["eps"] for g in ckpt["optimizer"]["param_groups"]] == [1e-4, 1e-4]
 
 
-def test_learning_rate_warms_up_then_decays_to_the_floor():
-    cfg = train.parse_settings(["--learning_rate", "1e-3", "--min_lr", "1e-4", "--warmup_iters", "10",
-                                "--max_iters", "110"])
-    lrs = [train.learning_rate_at(step, cfg) for step in range(120)]
+def test_learning_rate_warms_up_then_decays_to_zero_where_the_schedule_ends():
+    cfg = train.parse_settings(["--learning_rate", "1e-3", "--warmup_iters", "10"])
+    lrs = [train.learning_rate_at(step, cfg, 110) for step in range(120)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    assert lrs[60] == pytest.approx(5.5e-4) and lrs[110] == lrs[119] == pytest.approx(1e-4)
-
-
-# ───────────────────────────────────── learning from a teacher ─────────────────────────────────────
-
-def test_distillation_loss_mixes_cross_entropy_with_kl_to_the_teacher():
-    torch.manual_seed(0)
-    logits, teacher_logits = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
-    text_loss = torch.tensor(1.7)
-    assert train.distillation_loss(text_loss, logits, teacher_logits, 0.0).item() == pytest.approx(1.7)
-    assert train.distillation_loss(text_loss, logits, logits, 1.0).item() == pytest.approx(0.0, abs=1e-6)
-    q, p = teacher_logits.softmax(-1), logits.softmax(-1)
-    kl = (q * (q.log() - p.log())).sum(-1).mean().item()            # per position, averaged over the 6
-    assert kl > 0
-    assert train.distillation_loss(text_loss, logits, teacher_logits, 0.25).item() == pytest.approx(
-        0.75 * 1.7 + 0.25 * kl, rel=1e-5)
-
-
-def kl_to(teacher, student, tiny) -> float:
-    """Mean KL(teacher ‖ student) per position over the tiny text's windows."""
-    ids = np.array(Tokenizer.load(tiny["tokenizer_dir"]).encode(tiny["input"].read_text(encoding="utf-8")))
-    x = torch.from_numpy(ids[np.arange(0, len(ids) - 17, 16)[:, None] + np.arange(16)].astype(np.int64))
-    with torch.no_grad():
-        return train.distillation_loss(torch.tensor(0.0), student(x)[0], teacher(x)[0], 1.0).item()
-
-
-def test_a_teacher_pulls_the_model_toward_its_predictions(tiny_trained, tmp_path, capsys):
-    # A teacher that learned another text (each line's words reversed), with the same tokenizer.
-    other_text = tmp_path / "reversed.txt"
-    other_text.write_text("".join(" ".join(line.split()[::-1]) + "\n" for line in TINY_TEXT.splitlines()),
-                          encoding="utf-8")
-    short = (*SMALL, "--max_iters", "40", "--eval_interval", "40", "--learning_rate", "1e-2", "--dropout", "0")
-    assert call_main(capsys, *paths(tiny_trained, tmp_path / "teacher", input=other_text), *short)[0] == 0
-    teacher_path = tmp_path / "teacher" / "weights-best.pth"
-    students = {}
-    for weight in ("0", "1"):
-        code, err = call_main(capsys, *paths(tiny_trained, tmp_path / weight), *short, "--seed", "3",
-                              "--teacher", teacher_path, "--distill_weight", weight)
-        assert code == 0, err
-        assert f"teacher: {teacher_path}" in err
-        ckpt = load_checkpoint(tmp_path / weight / "weights-latest.pth")
-        assert ckpt["train_config"]["teacher"] == str(teacher_path)
-        students[weight] = model_from_checkpoint(ckpt, torch.device("cpu"))
-    teacher = model_from_checkpoint(load_checkpoint(teacher_path), torch.device("cpu"))
-    # Trained only on the teacher's predictions (weight 1), the model predicts the tiny text as the
-    # teacher does; trained only on the text (weight 0), the same steps from the same start, it does not.
-    assert kl_to(teacher, students["1"], tiny_trained) < 0.5 * kl_to(teacher, students["0"], tiny_trained)
-
-
-@pytest.mark.parametrize("teacher, flags, fragment", [
-    ("missing.pth", (), "no such checkpoint"),
-    (None, ("--block_size", "32"), "sees 16 tokens, fewer than --block-size 32"),
-    (None, ("--distill_weight", "1.5"), "--distill-weight must be in [0, 1]"),
-    ("w/weights-best.pth", (), "where this run writes its own checkpoints"),
-])
-def test_a_teacher_that_cannot_be_used_is_one_line_before_anything_is_written(
-        tiny_trained, tmp_path, capsys, teacher, flags, fragment):
-    teacher = tmp_path / teacher if teacher else tiny_trained["weights_dir"] / "weights-best.pth"
-    code, err = call_main(capsys, *paths(tiny_trained, tmp_path / "w"), *SMALL, "--max_iters", "2",
-                          "--teacher", teacher, *flags)
-    assert_one_error_line(code, err, fragment)
-    assert not list((tmp_path / "w").glob("*.pth"))
-
-
-def test_a_plain_run_trains_one_model_and_says_nothing_of_a_teacher(tiny_trained):
-    err = tiny_trained["train_stderr"]                # the fixture's run pins no teacher flag of its own
-    assert "teacher" not in err.lower() and "stage" not in err
-    assert train.param_defaults()["teacher"] == ""
-    assert not (tiny_trained["weights_dir"] / "teacher").exists()
+    assert lrs[60] == pytest.approx(5e-4) and lrs[110] == lrs[119] == 0
 
 
 # ─────────────────────────────────────── torchrun (DDP) ───────────────────────────────────────
@@ -638,7 +509,7 @@ def torchrun(nproc: int, *args, env: dict | None = None) -> subprocess.Completed
 
 
 def test_two_processes_match_one_with_the_same_global_batch_and_resume_and_only_rank_0_writes(
-        tiny_trained, tmp_path, capsys):
+        tiny_trained, tmp_path, capsys, monkeypatch):
     # float32: the two runs add the same numbers in another order, which bfloat16 autocast (the
     # default on CPUs with native bf16) would round far apart.
     flags = (*SMALL, "--max_iters", "10", "--eval_interval", "5", "--dropout", "0", "--bpe_dropout", "0.2",
@@ -647,7 +518,8 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_and_only_
     assert call_main(capsys, *paths(tiny_trained, one), *flags)[0] == 0
     # The same run stopped at step 6 by one process, then resumed by two under torchrun with half
     # the batch each: the same global batch, so the same losses up to float rounding.
-    assert call_main(capsys, *paths(tiny_trained, two), *flags, "--stop-at-step", "6")[0] == 0
+    press_ctrl_c_during_step(monkeypatch, 6)
+    assert call_main(capsys, *paths(tiny_trained, two), *flags)[0] == 130
     logger, writes = tmp_path / "logger", tmp_path / "writes.log"
     logger.mkdir()
     (logger / "sitecustomize.py").write_text(WRITE_LOGGER)
@@ -662,8 +534,7 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_and_only_
     assert err.count("resuming from") == 1 and err.count("step 10: train") == 1      # rank 0 alone speaks
 
     rows_one, rows_two = history(one), history(two)
-    assert [(r["step"], r["eval"]) for r in rows_two] == [("5", "windows"), ("6", "windows"),
-                                                          ("6", "full"), ("10", "windows"), ("10", "full")]
+    assert [(r["step"], r["eval"]) for r in rows_two] == [("5", "windows"), ("10", "windows"), ("10", "full")]
     by_step = {(r["step"], r["eval"]): float(r["val_loss_per_token"]) for r in rows_two}
     for r in rows_one:                                                   # steps 5, 10 and the full pass
         assert by_step[(r["step"], r["eval"])] == pytest.approx(float(r["val_loss_per_token"]), abs=1e-3)
@@ -680,20 +551,20 @@ def test_first_90_percent_of_tokens_train_and_no_training_window_reaches_the_las
     assert train_ids.tolist() == list(range(900)) and val_ids.tolist() == list(range(900, 1000))
     cfg = train.parse_settings(["--block_size", "16", "--batch_size", "64", "--grad_accum_steps", "2",
                                 "--bpe_dropout", "0"])
-    generator, seen, seen_plain = torch.Generator().manual_seed(0), set(), set()
+    generator, seen = torch.Generator().manual_seed(0), set()
     for _ in range(50):
-        for x, y in train.step_batches(train_ids, cfg, SINGLE, generator, torch.device("cpu")):
-            assert x.shape == y.shape == (64, 16) and torch.equal(y[:, :-1], x[:, 1:])   # y is x shifted
+        batches = train.get_batch(train_ids, cfg, generator, SINGLE, torch.device("cpu"))
+        assert len(batches) == 2                                                           # micro-batches
+        for x, y in batches:
+            assert x.shape == y.shape == (64, 16) and torch.equal(y - x, torch.ones_like(x))  # the next token
             seen.update(y.flatten().tolist())
-        x, y = train.get_batch(train_ids, 64, 16, generator)                             # the plain twin
-        assert x.shape == y.shape == (64, 16) and torch.equal(y - x, torch.ones_like(x))  # the next token
-        seen_plain.update(y.flatten().tolist())
-    assert max(seen) == max(seen_plain) == 899 and min(seen) == min(seen_plain) == 1   # not a token beyond
+    assert max(seen) == 899 and min(seen) == 1                                             # not a token beyond
 
 
 def test_gradient_clipping_bounds_the_global_gradient_norm_at_each_step(tiny_trained, tmp_path, capsys, monkeypatch):
-    def norms_at_step(grad_clip: str) -> list[float]:
+    def norms_at_step(grad_clip: float) -> list[float]:
         norms = []
+        monkeypatch.setattr(train, "GRAD_CLIP", grad_clip)
 
         def configure(model, *args, **kwargs):
             optimizer = real_configure(model, *args, **kwargs)
@@ -706,12 +577,12 @@ def test_gradient_clipping_bounds_the_global_gradient_norm_at_each_step(tiny_tra
             optimizer.step = recording_step
             return optimizer
         monkeypatch.setattr(train, "configure_optimizer", configure)
-        code, err = call_main(capsys, *paths(tiny_trained, tmp_path / grad_clip), *SMALL, "--max_iters", "5",
-                              "--dtype", "float32", "--grad_clip", grad_clip)
+        code, err = call_main(capsys, *paths(tiny_trained, tmp_path / str(grad_clip)), *SMALL, "--max_iters", "5",
+                              "--dtype", "float32")
         assert code == 0, err
         return norms
     real_configure = train.configure_optimizer
-    unclipped, clipped = norms_at_step("0"), norms_at_step("0.01")
+    unclipped, clipped = norms_at_step(math.inf), norms_at_step(0.01)
     assert len(unclipped) == len(clipped) == 5
     assert min(unclipped) > 0.1                          # gradients far above the bound...
     assert all(norm <= 0.01 * (1 + 1e-4) for norm in clipped), clipped     # ...clipped to it
@@ -738,12 +609,14 @@ def test_best_checkpoint_keeps_the_best_evaluation_when_validation_gets_worse(ti
     assert err.count("(best, saved)") == 2
 
 
-def test_float16_with_gradient_scaler_trains_on_cpu_and_resumes_exactly(tiny_trained, tmp_path, capsys):
+def test_float16_with_gradient_scaler_trains_on_cpu_and_resumes_exactly(tiny_trained, tmp_path, capsys, monkeypatch):
     flags = (*SMALL, "--max_iters", "8", "--eval_interval", "4", "--dtype", "float16", "--seed", "3", "--device", "cpu")
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     code, err = call_main(capsys, *paths(tiny_trained, whole), *flags)
     assert code == 0 and "autocast float16" in err, err
-    assert call_main(capsys, *paths(tiny_trained, parts), *flags, "--stop-at-step", "3")[0] == 0
+    press_ctrl_c_during_step(monkeypatch, 3)
+    assert call_main(capsys, *paths(tiny_trained, parts), *flags)[0] == 130
+    monkeypatch.undo()
     assert call_main(capsys, *paths(tiny_trained, parts), *flags)[0] == 0
     a, b = load_checkpoint(whole / "weights-latest.pth"), load_checkpoint(parts / "weights-latest.pth")
     assert a["scaler"]["scale"] > 0 and a["scaler"] == b["scaler"]       # the scaler's state came back
@@ -754,20 +627,20 @@ def test_float16_with_gradient_scaler_trains_on_cpu_and_resumes_exactly(tiny_tra
 
 
 def test_final_evaluation_scores_at_most_final_eval_tokens_in_the_same_windows_every_run(
-        tiny_trained, tmp_path, capsys):
-    def final_row(weights_dir, *extra) -> dict:
+        tiny_trained, tmp_path, capsys, monkeypatch):
+    def final_row(weights_dir, most=train.FINAL_EVAL_TOKENS) -> dict:
+        monkeypatch.setattr(train, "FINAL_EVAL_TOKENS", most)
         code, err = call_main(capsys, *paths(tiny_trained, weights_dir), *SMALL, "--max_iters", "2",
-                              "--eval_interval", "2", *extra)
+                              "--eval_interval", "2")
         assert code == 0, err
         row = history(weights_dir)[-1]
         assert row["eval"] == "full"
         return row, err
-    (bounded, err), (again, _) = final_row(tmp_path / "a", "--final_eval_tokens", "40"), \
-        final_row(tmp_path / "b", "--final_eval_tokens", "40")
+    (bounded, err), (again, _) = final_row(tmp_path / "a", 40), final_row(tmp_path / "b", 40)
     assert 0 < int(bounded["val_tokens"]) <= 40 and int(bounded["val_tokens"]) == 2 * 16   # two windows of 16
     assert bounded == {**again, "minutes": bounded["minutes"]}
     assert "final, 32 of" in err and "validation tokens, in windows spread over the split" in err
-    (whole, err), (unbounded, _) = final_row(tmp_path / "c"), final_row(tmp_path / "d", "--final_eval_tokens", "0")
+    (whole, err), (unbounded, _) = final_row(tmp_path / "c"), final_row(tmp_path / "d", 0)
     assert "whole validation split" in err
     assert {**whole, "minutes": ""} == {**unbounded, "minutes": ""}
     assert int(whole["val_tokens"]) > 40                 # the tiny text's split exceeds the small bound
