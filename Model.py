@@ -9,8 +9,8 @@ Read top to bottom, this file follows one token's journey:
 Where a token sits enters one of two ways (ModelConfig.positions): "learned" (the original's, GPT-2's)
 adds a trained vector per position; "rotary" turns queries and keys by position inside attention.
 B = batch, T = tokens in the window, E = emb_len, H = num_heads, D = E // H (head size),
-V = vocab_size. Then comes generation: a plain sampling loop, the same with a KV cache and
-streaming, and beam search. The optimizers, devices and checkpoint files live in support/.
+V = vocab_size. Then comes generation: a plain sampling loop, then the same with a KV cache and
+streaming. The optimizers, devices and checkpoint files live in support/.
 """
 from __future__ import annotations
 
@@ -139,12 +139,6 @@ class KVCache:
         self.keys[layer, :, :, self.length:end] = k
         self.values[layer, :, :, self.length:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Keep batch rows `rows` (in that order, repeats allowed): beam search follows its beams."""
-        if self.keys is not None:
-            self.keys = self.keys[:, rows]
-            self.values = self.values[:, rows]
 
 
 class CausalSelfAttention(nn.Module):
@@ -336,50 +330,6 @@ class Transformer(nn.Module):
         new = list(self.stream(idx, max_new_tokens, temperature, **sampling))
         return torch.cat([idx, torch.tensor([new], dtype=idx.dtype, device=idx.device)], dim=1)
 
-    def beam_search(self, idx: torch.Tensor, max_new_tokens: int, beam_width: int,
-                    length_penalty: float = 1.0, end_token: int | None = None,
-                    use_cache: bool = True) -> torch.Tensor:
-        """Keep the beam_width likeliest continuations at every step; return the best, (1, T + n).
-        A hypothesis scores sum(log p(token)) / n ** length_penalty over its n new tokens, so that
-        longer and shorter ones compare fairly (0 = raw sum). With end_token, a beam that emits it
-        is finished (kept, with that token) and n may be < max_new_tokens; without, every beam has
-        max_new_tokens tokens. Deterministic: ties go to the lower beam, then the lower token id."""
-        validation.check_beam_settings(beam_width, length_penalty)
-        validation.check_prompt(idx, self.config.vocab_size, max_new_tokens)
-        V = self.config.vocab_size
-        normalised = lambda total, n: total / (n ** length_penalty)                # noqa: E731
-        with torch.no_grad(), self.eval_mode():
-            window = _ContextWindow(self, use_cache, prompt_len=idx.shape[1])
-            seqs = idx                                        # (beams, T + step): one beam at first
-            scores = torch.zeros(1, device=idx.device)        # (beams,) summed log-probs
-            finished: list[tuple[float, torch.Tensor]] = []   # (normalised score, (T + n,) ids)
-            for step in range(1, max_new_tokens + 1):
-                logp = F.log_softmax(window.next_logits(seqs).float(), dim=-1)  # (beams, V)
-                candidates = (scores[:, None] + logp).flatten()                 # (beams * V,)
-                # Stable sort: equal scores keep (beam, token) order, whatever the kernel's tie-breaking.
-                order = torch.sort(candidates, descending=True, stable=True).indices[:2 * beam_width]
-                rows, tokens = [], []
-                for flat in order.tolist():
-                    row, token = divmod(flat, V)
-                    if token == end_token:
-                        done = torch.cat([seqs[row], seqs.new_tensor([token])])
-                        finished.append((normalised(candidates[flat].item(), step), done))
-                    elif len(rows) < beam_width:
-                        rows, tokens = rows + [row], tokens + [token]
-                    if len(rows) == beam_width:
-                        break
-                if not rows:                                  # every candidate ended: nothing left
-                    break
-                rows_t = torch.tensor(rows, device=idx.device)
-                seqs = torch.cat([seqs[rows_t], seqs.new_tensor(tokens)[:, None]], dim=1)
-                scores = candidates[rows_t * V + torch.tensor(tokens, device=idx.device)]
-                window.reorder(rows_t)
-            n_new = seqs.shape[1] - idx.shape[1]
-            pool = finished + [(normalised(s, n_new) if n_new else 0.0, seq)
-                               for s, seq in zip(scores.tolist(), seqs)]
-            best = max(range(len(pool)), key=lambda i: (pool[i][0], -i))   # first of equals wins
-            return pool[best][1][None, :]
-
     @contextlib.contextmanager
     def eval_mode(self):
         """Eval mode (no dropout) inside the block; the previous mode afterwards."""
@@ -416,10 +366,6 @@ class _ContextWindow:
             unseen = seq[:, self.start + self.cache.length:]   # (B, window) or (B, 1)
             logits, _ = self.model(unseen, kv_cache=self.cache)
         return logits[:, -1, :]
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        if self.cache is not None:
-            self.cache.reorder(rows)
 
 
 # ─────────────────────────────────────────── sampling ────────────────────────────────────────────

@@ -61,6 +61,8 @@ SAMPLING_KINDS = {"max_new_tokens": int, "temperature": float, "top_k": int, "to
 
 def parse_args(argv, params) -> argparse.Namespace:
     p = Parser(prog="run.py", description="Continue prompts with the trained model, or score a text.",
+               removed={"beams": "beam search never earned its place (off by default, no measured gain); use --temperature 0 for a "
+                                 "deterministic (greedy) continuation"},
                epilog="Prompts: interactive when stdin is a terminal (Ctrl-D or Ctrl-C quits); otherwise one "
                       "continuation per line of stdin. An empty prompt starts from a new line.")
     task = p.add_mutually_exclusive_group()
@@ -70,8 +72,6 @@ def parse_args(argv, params) -> argparse.Namespace:
     for name, (kind, metavar, what) in SAMPLING.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, metavar=metavar,
                        help=f"{what} (default Model_Params: {getattr(params, name)})")
-    p.add_argument("--beams", type=count_value(1), default=1, metavar="N", help="beam search with N beams "
-                   "(deterministic, printed when complete; ignores sampling options); 1 = sample and stream")
     p.add_argument("--seed", type=checked(int, lambda n: 0 <= n < 2 ** 64, "must be an integer from 0 to "
                    "2**64 - 1"), help="random seed: the same seed and prompt give the same text")
     p.add_argument("--stop", type=stop_value, metavar="TEXT", help=r"stop when the generated text contains "
@@ -98,8 +98,6 @@ def parse_args(argv, params) -> argparse.Namespace:
                       "click a token for its probability, alternatives, attention and merges")
     args = p.parse_args(argv)
     check_combination(args)
-    args.explicit_sampling = [name for name in ("temperature", "top_k", "top_p", "seed")
-                              if getattr(args, name) is not None]
     for name, (check, _, _) in SAMPLING.items():
         if getattr(args, name) is None:
             try:
@@ -116,7 +114,7 @@ def check_combination(args) -> None:
         raise UserError(f"{views[0]} looks at one prompt: add --prompt TEXT")
     if args.html is not None and args.eval is None and args.prompt is None:
         raise UserError("--html shows one run: add --prompt TEXT or --eval FILE")
-    clash = "--beams" if args.beams > 1 else (views or [None])[0]
+    clash = (views or [None])[0]
     if args.show_probs and (clash or args.eval):
         raise UserError(f"--show-probs shows sampled generation, which {clash or '--eval'} does not do")
     if args.html and clash:
@@ -206,13 +204,10 @@ class TextGenerator:
         """Write the continuation of `prompt`, then a newline."""
         import torch
         idx = torch.tensor([self.prompt_ids(prompt)], dtype=torch.long, device=self.device)
-        if self.args.beams > 1:
-            self._beam_search(idx)
-        else:
-            # Seeded afresh for every prompt: a prompt's text depends only on it and the seed, not on
-            # the prompts before it. Sampling runs on the CPU, so it is a CPU generator on any device.
-            generator = None if self.args.seed is None else torch.Generator().manual_seed(self.args.seed)
-            self._stream(idx, generator)
+        # Seeded afresh for every prompt: a prompt's text depends only on it and the seed, not on
+        # the prompts before it. Sampling runs on the CPU, so it is a CPU generator on any device.
+        generator = None if self.args.seed is None else torch.Generator().manual_seed(self.args.seed)
+        self._stream(idx, generator)
         self.out.write("\n")
         self.out.flush()
         if self.args.html is not None:         # see inside: a page of this continuation
@@ -245,15 +240,6 @@ class TextGenerator:
                 return
         pending += decoder.decode(b"", final=True)
         self.out.write(pending[:shown_length(pending, a.stop)[0]])
-
-    def _beam_search(self, idx) -> None:
-        a = self.args
-        # A stop text that is one token can end a beam as soon as it appears.
-        stop_ids = self.tokenizer.encode(a.stop) if a.stop else []
-        end_token = stop_ids[0] if len(stop_ids) == 1 else None
-        out = self.model.beam_search(idx, a.max_new_tokens, a.beams, end_token=end_token)
-        text = self.tokenizer.decode(out[0, idx.shape[1]:].tolist())
-        self.out.write(text[:shown_length(text, a.stop)[0]])
 
 
 # ─────────────────────────────────────────── scoring ─────────────────────────────────────────────
@@ -325,9 +311,6 @@ def run(args, params, weights: Path, why: str, eval_text: str | None) -> int:
         from support.see_inside_files import look_inside
         look_inside(loaded, args, TextGenerator(loaded, args, sys.stdout).prompt_ids(args.prompt))
         return 0
-    if args.beams > 1 and args.explicit_sampling:
-        ignored = ", ".join("--" + name.replace("_", "-") for name in args.explicit_sampling)
-        print(f"note: beam search is deterministic; ignoring {ignored}", file=sys.stderr)
     writer = TextGenerator(loaded, args, sys.stdout)
     if args.prompt is not None:
         writer.continue_prompt(args.prompt)

@@ -7,6 +7,7 @@ where no chunk of the pre-split can straddle, so working piece by piece gives ex
 """
 from __future__ import annotations
 
+import codecs
 import math
 import multiprocessing
 import os
@@ -109,11 +110,13 @@ def read_pieces(path, start: int = 0, end: int | None = None, piece_bytes: int =
         while True:
             data = tail + f.read(max(0, min(piece_bytes, end - f.tell())))
             at_end = f.tell() >= end
-            cut = len(data) if at_end else _character_boundary(data)
+            # Decode up to the last whole character (at the end, everything); cut: the bytes decoded.
             try:
-                text = carry + data[:cut].decode("utf-8")
+                decoded, cut = codecs.utf_8_decode(data, "strict", at_end)
             except UnicodeDecodeError as e:
-                raise _utf8_error(path, offset + e.start, data[e.start]) from None
+                raise TokenizerError(f"input file {path} is not valid UTF-8: bad byte 0x{data[e.start]:02X} "
+                                     f"at byte offset {offset + e.start}") from None
+            text = carry + decoded
             offset, tail = offset + cut, data[cut:]
             if at_end:
                 if text:
@@ -124,22 +127,6 @@ def read_pieces(path, start: int = 0, end: int | None = None, piece_bytes: int =
             carry = text[split:]
             if split:
                 yield text[:split]
-
-
-def _character_boundary(data: bytes) -> int:
-    """An index in data that no UTF-8 character straddles: before the last character when the
-    data ends with a lead byte or continuation bytes (that character may be incomplete)."""
-    cut = len(data)
-    while cut > 0 and len(data) - cut < 3 and data[cut - 1] & 0xC0 == 0x80:  # 10xxxxxx
-        cut -= 1
-    if cut > 0 and data[cut - 1] >= 0xC0:  # 11xxxxxx: the lead byte of a multi-byte character
-        cut -= 1
-    return cut
-
-
-def _utf8_error(path, offset: int, bad: int) -> TokenizerError:
-    return TokenizerError(f"input file {path} is not valid UTF-8: bad byte 0x{bad:02X} "
-                          f"at byte offset {offset}")
 
 
 def safe_cuts(path, offsets) -> list[int]:
@@ -273,7 +260,9 @@ def _encode_in_processes(encode_pieces, typecode: str, path, ranges, workers: in
     k + 2 × workers, ... (so its chunk cache stays warm) and hands each array over through a
     queue of its own holding at most two, so taking from the queues in turn gives the arrays in
     file order while the workers run ahead by at most two ranges each."""
-    context = _worker_context()
+    # fork starts a worker in milliseconds with the tokenizer loaded (the workers run only Python
+    # and numpy code); elsewhere (macOS, Windows) spawn, which re-imports the main script in each.
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     queues = [context.Queue(maxsize=2) for _ in range(workers)]
     processes = [context.Process(target=_encode_stripe, daemon=True,
                                  args=(encode_pieces, typecode, path, ranges[k::workers], queues[k]))
@@ -306,26 +295,14 @@ def _receive(source, process) -> array:
     """The next array a worker process puts into source; raise what it raised, or TokenizerError
     if it died without a word (killed, e.g. for lack of memory)."""
     while True:
+        ended = not process.is_alive()   # asked before the wait: what it put before ending still comes
         try:
             kind, value = source.get(timeout=1)
             break
         except queue.Empty:
-            if not process.is_alive():
-                try:  # it may have put its last array just before ending
-                    kind, value = source.get(timeout=1)
-                    break
-                except queue.Empty:
-                    raise TokenizerError(f"a tokenizing process ended abruptly (exit code "
-                                         f"{process.exitcode}; out of memory?) — try fewer "
-                                         f"worker processes") from None
+            if ended:
+                raise TokenizerError(f"a tokenizing process ended abruptly (exit code {process.exitcode}; "
+                                     f"out of memory?) — try fewer worker processes") from None
     if kind == "error":
         raise value
     return value
-
-
-def _worker_context():
-    """How encode_file starts its processes. fork starts one in milliseconds with the tokenizer
-    already loaded, and the workers only run pure-Python and numpy code; elsewhere (macOS,
-    Windows) spawn, which re-imports the main script in each worker."""
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-

@@ -16,29 +16,21 @@ DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "f
 def pick_device(name: str | None = None) -> torch.device:
     """None or "auto": CUDA if present, else Apple MPS, else CPU. Otherwise "cpu", "cuda",
     "cuda:N" or "mps"; ValueError (one line) if unknown or not available here."""
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if name is None or name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if available["cuda"] else "mps" if available["mps"] else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r} — use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available here — use auto or cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-        return device
-    if device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"device {name!r} requested but Apple MPS is not available here — use auto or cpu")
-        return device
-    raise ValueError(f"unsupported device {name!r} — use auto, cpu, cuda, cuda:N or mps")
+        device = None
+    if device is None or device.type not in available:
+        raise ValueError(f"unknown device {name!r} — use auto, cpu, cuda, cuda:N or mps")
+    if not available[device.type]:
+        what = "CUDA" if device.type == "cuda" else "Apple MPS"
+        raise ValueError(f"device {name!r} requested but {what} is not available here — use auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
 
 
 def cpu_has_native_bf16() -> bool:

@@ -1,15 +1,8 @@
 """What `python init.py --explain TEXT` prints: how the saved tokenizer turns TEXT into tokens.
 
-Read this when you want to watch tokenizer.py's lesson play out on your own words: the chunks of
-the pre-split, then every merge that fires, in the order the merges were learned, each followed by
-the text's tokens after it, and last the token ids. The steps are those of tokenizer.encode_bpe,
-the plain algorithm (through its on_merge callback), so what is shown is what the tests trust;
-its ids are those of Tokenizer.encode. run.py's --html page shows the merges that built each token
-in the same lines (token_merges, merge_line).
-
-In a terminal the tokens sit on alternating background colours; otherwise (a pipe, a file), or
-whenever the NO_COLOR environment variable is set, they are separated by `|` and no escape codes
-are written at all.
+Read this when you want to watch tokenizer.py's lesson play out on your own words. The steps are
+those of the plain tokenizer.encode_bpe (through its on_merge callback), so what is shown is what
+the tests trust. run.py's --html page shows the merges of each token in the same lines.
 """
 from __future__ import annotations
 

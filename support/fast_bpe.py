@@ -1,18 +1,11 @@
 """The fast engine of tokenizer.py's BPE: the same merges and the same ids, many times faster.
 
-Read this when you want to know how training on a megabyte takes well under a second and encoding
-runs at several MB/s; tokenizer.py's plain `train_bpe` and `encode_bpe` say *what* is computed,
-and the tests hold this engine equal to them. Four tricks:
-
-- training counts each distinct chunk once and, after a merge, updates only the pair counts
-  around the replaced occurrences, with a heap to find the next most frequent pair (learn_merges);
-- the cut into chunks is made with whole-array numpy steps (chunk_starts) and most chunks become
-  int keys instead of new strings (chunk_keys);
-- many new chunks are merged together with numpy, round by round (merge_in_bulk);
-- each distinct chunk is merged once and remembered (ChunkEncoder's cache).
-
-This module does not import tokenizer.py: the merges come in as arguments, and the numpy cut
-follows the rules of tokenizer.SPLIT_PATTERN (a test holds them equal).
+Read this when you want to know how training on a megabyte takes well under a second; tokenizer.py's
+plain `train_bpe` and `encode_bpe` say *what* is computed, and the tests hold this engine equal to
+them. Training updates only the pair counts around each merge, with a heap (learn_merges); encoding
+cuts the text into chunks with numpy (chunk_starts, chunk_keys), merges many new chunks together
+round by round (merge_in_bulk), and remembers each distinct chunk (ChunkEncoder's cache). The
+merges come in as arguments: this module does not import tokenizer.py.
 """
 from __future__ import annotations
 
@@ -158,11 +151,9 @@ def chunk_of_key(key) -> str:
     return key.to_bytes(8, "little").rstrip(b"\0").decode("latin-1")
 
 
-
 def as_token_str(chunk: str) -> str:
     """A chunk as a str of byte tokens (one character per byte, see above)."""
     return chunk.encode("utf-8").decode("latin-1")
-
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -248,31 +239,20 @@ def _merge_everywhere(pair, new, words, freqs, counts, where, heap) -> None:
 
 
 class RankTable:
-    """Pair -> merge rank for numpy arrays of pairs: an open-addressing hash table.
+    """Pair -> merge rank for numpy arrays of pairs. A pair (left, right) is the key
+    left * vocab_size + right; the merges' keys are kept sorted, so a lookup is a binary search."""
 
-    A pair (left, right) is the key left * vocab_size + right; its slot is the top `bits` bits of
-    key × an odd 64-bit constant (multiplicative hashing), or the next free slot after it. The
-    table is at most a quarter full, so a lookup rarely needs more than one or two probes.
-    Pairs of two byte tokens, the pairs of every chunk before its first merge, also have a plain
-    256 × 256 table (byte_pair_ranks), indexed by left * 256 + right.
-    """
-
-    MULTIPLIER = 0x9E3779B97F4A7C15   # 2^64 / golden ratio, odd: spreads nearby keys apart
     NO_MERGE = np.iinfo(np.int32).max   # ranks are int32 (vocabularies stay below tokenizer.MAX_VOCAB)
 
     def __init__(self, merges, vocab_size: int) -> None:
         self.vocab_size = vocab_size
-        self.bits = max(4, (4 * len(merges)).bit_length())
-        keys, ranks = [-1] * (1 << self.bits), [0] * (1 << self.bits)   # -1: an empty slot
-        mask = (1 << self.bits) - 1
-        for rank, (a, b) in enumerate(merges):
-            key = a * vocab_size + b
-            slot = ((key * self.MULTIPLIER) & 0xFFFFFFFFFFFFFFFF) >> (64 - self.bits)
-            while keys[slot] != -1:
-                slot = (slot + 1) & mask
-            keys[slot], ranks[slot] = key, rank
-        self.keys = np.array(keys, dtype=np.int64)
-        self.ranks = np.array(ranks, dtype=np.int32)
+        keys = np.array([a * vocab_size + b for a, b in merges], dtype=np.int64)
+        order = np.argsort(keys)
+        # A last key past every pair's, so that a search never runs off the end.
+        self.keys = np.append(keys[order], np.iinfo(np.int64).max)
+        self.ranks = np.append(order, self.NO_MERGE).astype(np.int32)
+        # Pairs of two byte tokens (the pairs of every chunk before its first merge) have a plain
+        # 256 × 256 table, indexed by left * 256 + right: no search at all.
         self.byte_pair_ranks = np.full(NUM_BYTES * NUM_BYTES, self.NO_MERGE, dtype=np.int32)
         for rank, (a, b) in enumerate(merges):
             if a < NUM_BYTES and b < NUM_BYTES:
@@ -281,17 +261,8 @@ class RankTable:
     def lookup(self, left, right):
         """The rank of each pair (left[i], right[i]) (int arrays), NO_MERGE where none."""
         keys = left.astype(np.int64) * self.vocab_size + right
-        slots = ((keys.astype(np.uint64) * np.uint64(self.MULTIPLIER))
-                 >> np.uint64(64 - self.bits)).astype(np.int64)
-        ranks = np.full(keys.size, self.NO_MERGE, dtype=np.int32)
-        todo = np.arange(keys.size)   # the pairs not yet found or ruled out
-        while todo.size:
-            found = self.keys.take(slots)
-            hit = found == keys[todo]
-            ranks[todo[hit]] = self.ranks.take(slots[hit])
-            go_on = ~hit & (found != -1)   # an occupied slot holding another key: probe the next
-            todo, slots = todo[go_on], (slots[go_on] + 1) & ((1 << self.bits) - 1)
-        return ranks
+        at = np.searchsorted(self.keys, keys)
+        return np.where(self.keys.take(at) == keys, self.ranks.take(at), self.NO_MERGE).astype(np.int32)
 
 
 def merge_in_bulk(chunks: list[str], table: RankTable):
@@ -355,7 +326,6 @@ def merge_in_bulk(chunks: list[str], table: RankTable):
     ids = np.concatenate(done_ids) if done_ids else np.zeros(0, dtype=np.int32)
     order = np.argsort(owner, kind="stable")   # back to chunk order; each chunk's ids stay in order
     return ids[order], np.bincount(owner, minlength=len(chunks))
-
 
 
 # --- encoding: one chunk, many chunks, a block of text -------------------------------------------

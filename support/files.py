@@ -1,7 +1,6 @@
 """Files that are never half-written, temp files that do not pile up, and one-line read errors.
 
-Read this when you wonder why a crash can never leave half a checkpoint or half a tokenizer
-behind, or where the `error: ...` lines about unreadable files come from.
+Read this when you wonder why a crash never leaves half a checkpoint or half a tokenizer behind.
 """
 from __future__ import annotations
 
@@ -23,14 +22,7 @@ def atomic_write(path, write) -> None:
     """Call write(tmp) to fill a temporary file beside `path`, then rename it over `path`: readers
     see the old file or the new one, never half of one. If anything fails, the temporary file is
     removed, the error propagates, and `path` still holds its last complete version."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)            # atomic on the same filesystem
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()                 # only there when something failed
+    atomic_write_all({path: write})
 
 
 def write_failure(error: Exception, folder) -> str:
@@ -78,11 +70,9 @@ def read_problem(error: Exception) -> str:
 
 
 def atomic_write_all(writers: dict) -> None:
-    """atomic_write for files that belong together, {path: write}: every write(tmp) fills its
-    temporary file first, and only when all are complete are they renamed over their paths. A
-    failure while writing (a full disk, an exception, Ctrl-C) removes the temporary files and
-    leaves every old file as it was. (Only a crash between the renames, a few microseconds, could
-    mix old and new files; replace_folder, which swaps a whole folder, cannot.)"""
+    """atomic_write for files that belong together, {path: write}: all are written, then all renamed,
+    so a failure while writing leaves every old file as it was. (Only a crash between the renames,
+    a few microseconds, could mix old and new files; replace_folder, which swaps a folder, cannot.)"""
     temps = {Path(path): temp_path(Path(path)) for path in writers}
     try:
         for path, write in writers.items():

@@ -1,8 +1,7 @@
 """train.py's token-id cache: the input tokenized once, its ids kept as a .npy file beside it.
 
-Read this when you wonder why the second run of train.py on a big text starts at once, or what
-the files in the input's .cache/ folder are. The ids are written as they are produced and read
-back memory-mapped, so neither the text nor its ids are ever whole in memory.
+Read this when you wonder why the second run of train.py on a big text starts at once. The ids are
+written as they are produced and read back memory-mapped, so they are never whole in memory.
 """
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import contextlib
 import hashlib
 import inspect
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -89,23 +87,8 @@ def write_cache(cache: Path, input_path: Path, tokenizer, workers: int, range_by
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(cache, write)
     except OSError as e:
-        say(f"note: could not cache token ids in {cache.parent}/ ({e.strerror or e}); tokenizing every run")
-
-
-def tokenize_to_temp_file(input_path: Path, tokenizer, workers: int, range_bytes: int | None) -> np.ndarray:
-    """The input's ids in a nameless temporary .npy file, memory-mapped: bounded memory without a
-    cache. The file disappears when the map is closed."""
-    try:
-        with tempfile.TemporaryFile() as f:
-            count = tokenize_into(f, input_path, tokenizer, workers, range_bytes, progress=False)
-            if count == 0:
-                return np.zeros(0, dtype=token_dtype(tokenizer.vocab_size))
-            f.seek(0)
-            np.lib.format.read_magic(f)                  # version 1.0: tokenize_into wrote it
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            return np.memmap(f, dtype=dtype, mode="r", offset=f.tell(), shape=shape)
-    except OSError as e:
-        raise UserError(f"cannot tokenize {input_path}: no cache and no temporary file ({e.strerror or e})") from None
+        say(f"note: could not cache token ids in {cache.parent}/ ({e.strerror or e}); tokenizing into "
+            f"memory, every run")
 
 
 def default_workers() -> int:
@@ -130,5 +113,7 @@ def load_token_ids(input_path: Path, data_fp: str, tokenizer, procs: Processes, 
     barrier(procs)                                # rank 0 has written the cache
     if cache.exists():
         return np.load(cache, mmap_mode="r")      # memory-mapped: pages load as windows touch them
-    # no cache (unwritable, or another machine's disk)
-    return tokenize_to_temp_file(input_path, tokenizer, workers, range_bytes)
+    # No cache (an unwritable folder, or under torchrun another machine's disk): the ids in memory.
+    dtype = token_dtype(tokenizer.vocab_size)
+    parts = tokenizer.encode_file(input_path, workers, range_bytes)
+    return np.concatenate([np.zeros(0, dtype)] + [np.asarray(ids, dtype) for ids in parts])

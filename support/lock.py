@@ -1,24 +1,13 @@
 """One train.py per weights folder: an OS file lock that refuses a second run on the same folder.
 
-Read this when train.py says that another run is writing to the folder, or when you wonder why a
-killed run never leaves a lock behind. Two runs on one folder would otherwise both train to the
-end, write every row of loss_history.csv twice, interleaved, and leave whichever checkpoint was
-renamed last. train.py (rank 0 under torchrun) takes the lock before it writes anything and holds
-it for the whole run. run.py only reads whole files, so it never takes the lock.
-
-Why this machinery and not a simpler "lock file exists" check:
-- The lock is the operating system's (flock), not the file's existence. The OS drops it the moment
-  the holding process ends, however it ends (`kill -9`, power cut of a container), so a stale lock
-  never blocks the next run. The file `.train.lock` stays in the folder; it only carries the
-  last holder's process id (each run that takes the lock rewrites it), so a refused run can name
-  the run in its way. It is never deleted: deleting it could let
-  two runs lock two different files of the same name.
-- flock belongs to the open file, and a forked child shares it. train.py forks tokenizer worker
-  processes; if one outlived a killed train.py it would keep the folder locked. So every fork
-  closes the child's copy at once (os.register_at_fork), which leaves the lock with the parent
-  alone. A started program (subprocess, spawn) never gets it: Python opens files close-on-exec.
-- Where there is no flock (Windows) or the filesystem refuses it, the folder cannot be guarded:
-  the run says so once and carries on, as it did before this lock existed.
+Read this when train.py says another run is writing to the folder. Two runs on one folder would
+both train to the end and interleave loss_history.csv. Why not a "lock file exists" check:
+- The lock is the OS's (flock), dropped the moment its process ends, however it ends, so a stale
+  lock never blocks the next run. `.train.lock` only carries the holder's process id for a refused
+  run's message; it is never deleted (that could let two runs lock two files of one name).
+- A forked child shares the flock, and train.py forks tokenizer workers, so every fork closes the
+  child's copy at once (os.register_at_fork). Where there is no flock (Windows) or the filesystem
+  refuses it, the run says so once and carries on unguarded.
 """
 from __future__ import annotations
 
@@ -105,19 +94,19 @@ def hold_folder(folder, say) -> FolderLock:
     except OSError as e:
         raise UserError(f"cannot create {path} ({e.strerror or e}) — pass --weights-dir with a "
                         f"writable folder") from None
-    if fcntl is None:
+
+    def unguarded(why: str) -> FolderLock:
         os.close(fd)
-        say(f"note: cannot guard {folder}/ against a second train.py on this system (no file locks); "
-            f"run one train.py per weights folder")
+        say(f"note: cannot guard {folder}/ against a second train.py ({why}); run one train.py per weights folder")
         return FolderLock(folder, None)
+
+    if fcntl is None:
+        return unguarded("no file locks on this system")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            os.close(fd)                 # e.g. ENOLCK, EOPNOTSUPP on some network filesystems
-            say(f"note: cannot guard {folder}/ against a second train.py ({e.strerror or e}); "
-                f"run one train.py per weights folder")
-            return FolderLock(folder, None)
+            return unguarded(e.strerror or str(e))   # e.g. ENOLCK, EOPNOTSUPP on some network filesystems
         pid = _holder_pid(fd)
         os.close(fd)
         who = f"another train.py (process {pid})" if pid is not None else "another train.py"

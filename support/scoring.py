@@ -1,8 +1,7 @@
 """The one scoring core: summed negative log-likelihood and characters of windows of token ids.
 
-Read this when you want to know exactly how a validation figure is added up. train.py's
-evaluations and run.py's --eval both score through score_windows; they differ only in which
-windows they choose (train.py's: fixed_windows at each evaluation, final_windows at the end).
+Read this when you want to know exactly how a validation figure is added up: train.py's evaluations
+and run.py's --eval both score through score_windows, on windows they choose.
 """
 from __future__ import annotations
 
@@ -95,16 +94,12 @@ def score_windows(model: torch.nn.Module, ids: np.ndarray, windows: list[tuple[i
     """The summed NLL, tokens and characters of the predictions the windows ask for.
 
     A window (start, end, skip) feeds ids[start:end] to the model, which predicts
-    ids[start + 1 : end + 1]; the first `skip` of those predictions are not counted (a sliding
-    window scores only its new tokens, the earlier ones serving as context). chars: (V,) characters
-    each token starts (chars_per_token), summed over the counted targets.
-
-    Windows of one length go through the model batch_size at a time, under autocast;
-    cross-entropy is summed in float32 whatever the autocast precision. The model is used as it
-    is (the caller puts it in eval mode). Under torchrun each process scores its share and the
-    sums are added up, so every process gets the same result. progress: a bar with this label on
-    stderr (rank 0), or None. targets: (V,) bool, to count only the predictions whose target token
-    is True there (e.g. the tokens rare in training); None counts all."""
+    ids[start + 1 : end + 1]; the first `skip` of those are context only, not counted (a sliding
+    window scores only its new tokens). chars: chars_per_token. Windows of one length go through
+    the model batch_size at a time, under autocast, the cross-entropy summed in float32; the
+    caller puts the model in eval mode. Under torchrun each process scores its share and all get
+    the summed result. progress: a bar's label, or None. targets: (V,) bool, to count only the
+    predictions of the tokens True there (e.g. those rare in training); None counts all."""
     by_length: dict[int, list[tuple[int, int]]] = {}
     for start, end, skip in windows[procs.rank::procs.world_size]:
         by_length.setdefault(end - start, []).append((start, skip))

@@ -1,12 +1,8 @@
 """The numbers behind run.py's see-inside views: candidates, a traced pass, attention, surprise.
 
 Read this when you want to know where --show-probs, --trace, --attention and --html get their
-numbers. Everything comes from the model's own modules run on real tensors: forward hooks watch a
-real forward pass, the attention weights are recomputed from each block's real input with
-Model.attention_weights (a test holds them to the block's own output), where the model looked for
-each token is that attention over the very window it predicted the token from, and the per-token
-surprise goes through the same windows as run.py's --eval score. Drawing the picture lives in
-support/see_inside_files.py, the --html page in support/see_inside_page.py.
+numbers: from the model's own modules run on real tensors (forward hooks, Model.attention_weights),
+and per-token surprise through --eval's windows. The drawing and the page live beside it.
 """
 from __future__ import annotations
 

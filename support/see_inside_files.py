@@ -1,9 +1,7 @@
 """run.py's --trace and --attention (the attention grid, a PNG), and the write every see-inside file goes through.
 
-Read this when you want to change how the attention grid looks, or how a see-inside file is written
-(whole or not at all, a failure as one line). The numbers come from support/see_inside.py; the page
-of --html is laid out in support/see_inside_page.py. This module imports torch and matplotlib only
-when it draws, so run.py can check its options before loading anything.
+Read this when you want to change how the attention grid looks. torch and matplotlib are imported
+only when it draws, so run.py can check its options before loading anything.
 """
 from __future__ import annotations
 
@@ -46,19 +44,14 @@ def write(path: Path, write_to) -> None:
 def look_inside(loaded, args, ids: list[int]) -> None:
     """run.py's --trace and --attention: one forward pass over the prompt's ids, nothing generated."""
     import torch
-    from support.see_inside import trace_lines
+    from support.see_inside import attention_maps, quoted, trace_lines
     idx, decode_bytes = torch.tensor([ids], device=loaded.device), loaded.tokenizer.decode_bytes     # (1, T)
     if args.trace:
         print("\n".join(trace_lines(loaded.model, idx, decode_bytes)), file=sys.stderr)
     if args.attention is not None:
-        write_attention_grid(args.attention, loaded.model, idx, decode_bytes)
+        labels = [quoted(decode_bytes([token])) for token in ids]
+        draw_attention(args.attention, attention_maps(loaded.model, idx).numpy(), labels)
 
-
-def write_attention_grid(path: Path, model, idx, decode_bytes) -> None:
-    """Every layer × head's attention over the prompt idx (1, T), drawn to the PNG file `path`."""
-    from support.see_inside import attention_maps, quoted
-    labels = [quoted(decode_bytes([token])) for token in idx[0].tolist()]
-    draw_attention(path, attention_maps(model, idx).numpy(), labels)
 
 def draw_attention(path: Path, maps, labels: list[str]) -> None:
     """A grid of every layer × head attention matrix, maps (layers, H, T, T), rows = query token,

@@ -1,9 +1,7 @@
 """Text in and out for run.py: prompts from a terminal or a pipe, a --stop text, a text to score,
 and the lines that say which model was loaded.
 
-Read this when you want to know how run.py reads prompts (one per line, or typed at a '> '
-marker), how it stops at a --stop text without ever printing part of it, why a text file that is
-not UTF-8 gives one line instead of a traceback, or where the loading banner comes from.
+Read this when you want to know how run.py stops at a --stop text without printing part of it.
 """
 from __future__ import annotations
 

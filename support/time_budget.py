@@ -10,7 +10,7 @@ import time
 from support.distributed import Processes, all_reduce_sum
 
 FIT_EVERY = 25            # steps between re-fits of the schedule to the time budget
-FIRST_RESERVE = 0.03      # share of the budget kept for the final evaluation until one evaluation is timed
+RESERVE = 0.03            # share of the budget kept for the final evaluation
 
 
 def clock() -> float:
@@ -22,7 +22,7 @@ class TimeBudget:
     """How long this run may still train, and the step its schedule should end at to use it all.
 
     Minutes count every run that led to this state (resumed runs included). The pace is measured
-    over this run's loop, evaluations included; time is set aside for the final evaluation. All
+    over this run's loop, evaluations included; 3% is set aside for the final evaluation. All
     processes take the same horizon, since they must use the same learning rate."""
 
     def __init__(self, max_minutes: float, previous_minutes: float, started: float, max_iters: int,
@@ -31,7 +31,6 @@ class TimeBudget:
         self.previous_minutes, self.started, self.max_iters = previous_minutes, started, max_iters
         self.procs, self.device = procs, device
         self.loop_start, self.loop_first_step = started, 0
-        self.final_eval_s = None          # estimated seconds of the final evaluation, once measured
 
     @property
     def limited(self) -> bool:
@@ -63,15 +62,8 @@ class TimeBudget:
         steps, elapsed = step - self.loop_first_step, clock() - self.loop_start
         if steps == 0 and self.previous_minutes > 0:     # resuming: the earlier runs' pace
             steps, elapsed = step, self.previous_minutes * 60
-        reserve = self.final_eval_s if self.final_eval_s is not None else FIRST_RESERVE * self.seconds
-        remaining = self.seconds - self.minutes_so_far() * 60 - reserve
+        remaining = self.seconds * (1 - RESERVE) - self.minutes_so_far() * 60
         reachable = step + max(1, int(steps / elapsed * remaining)) if steps and elapsed > 0 else None
         horizon = self.max_iters if reachable is None else min(self.max_iters, reachable)
         [total] = all_reduce_sum([float(horizon)], self.procs, self.device)
         return max(step + 1, int(total / self.procs.world_size))
-
-    def timed_evaluation(self, seconds: float, tokens: int, final_windows: list[tuple[int, int, int]]) -> None:
-        """An evaluation of `tokens` tokens took `seconds`: scaled to the final evaluation's windows
-        (with a margin), that is the time to keep for it."""
-        final_tokens = sum(end - start for start, end, _ in final_windows)
-        self.final_eval_s = seconds * final_tokens / max(1, tokens) * 1.2 + 2

@@ -1,7 +1,6 @@
 """Argument checks for Model.py's public methods: a clear one-line ValueError, not a deep torch error.
 
-Read this only if you call the model from your own code and wonder what it accepts. The model
-itself never needs these checks to work; they turn a mistake into a sentence.
+Read this only if you call the model from your own code and wonder what it accepts.
 """
 from __future__ import annotations
 
@@ -16,6 +15,10 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def check_config(config) -> None:
     """A ModelConfig built from a file or a command line may hold anything."""
     for name in ("vocab_size", "block_size", "emb_len", "num_layers", "num_heads"):
@@ -25,8 +28,7 @@ def check_config(config) -> None:
     if config.emb_len % config.num_heads:
         raise ValueError(f"model config: emb_len ({config.emb_len}) must be divisible by "
                          f"num_heads ({config.num_heads})")
-    if isinstance(config.dropout, bool) or not isinstance(config.dropout, (int, float)) \
-            or not 0.0 <= config.dropout < 1.0:
+    if not _is_number(config.dropout) or not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"model config: dropout must be in [0, 1), got {config.dropout!r}")
     if config.positions not in POSITIONS:
         raise ValueError(f"model config: positions must be one of {', '.join(POSITIONS)}, got {config.positions!r}")
@@ -43,11 +45,11 @@ def check_config_dict(d, names: set) -> None:
         raise ValueError(f"model config lacks keys: {', '.join(missing)}")
 
 
-def check_prompt(idx, vocab_size: int, max_new_tokens, batch: int = 1) -> None:
-    """idx must be a (batch, T) torch.long tensor of ids in [0, vocab_size), T >= 1."""
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[0] != batch or idx.shape[1] < 1:
+def check_prompt(idx, vocab_size: int, max_new_tokens) -> None:
+    """idx must be a (1, T) torch.long tensor of ids in [0, vocab_size), T >= 1."""
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[0] != 1 or idx.shape[1] < 1:
         shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"prompt must be a ({batch}, T) tensor of token ids with T >= 1, got {shape}")
+        raise ValueError(f"prompt must be a (1, T) tensor of token ids with T >= 1, got {shape}")
     if idx.dtype != torch.long:
         raise ValueError(f"prompt token ids must be torch.long, got {idx.dtype}")
     if idx.min().item() < 0 or idx.max().item() >= vocab_size:
@@ -58,18 +60,10 @@ def check_prompt(idx, vocab_size: int, max_new_tokens, batch: int = 1) -> None:
 
 def check_sampling(temperature, top_k, top_p) -> None:
     """Sampling settings that make sense: temperature >= 0, top_k >= 1 or None, top_p in (0, 1]."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature < 0:
+    if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 (or None for no limit), got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0.0 < top_p <= 1.0):
+    if top_p is not None and (not _is_number(top_p) or not 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1] (or None for no limit), got {top_p!r}")
 
-
-def check_beam_settings(beam_width, length_penalty) -> None:
-    if not _is_int(beam_width) or beam_width < 1:
-        raise ValueError(f"beam_width must be an integer >= 1, got {beam_width!r}")
-    if not math.isfinite(length_penalty) or length_penalty < 0:
-        raise ValueError(f"length_penalty must be a finite number >= 0, got {length_penalty!r}")

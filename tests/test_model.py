@@ -1,16 +1,14 @@
 """Tests of Model.py: the transformer's math and generation. Tiny configs only."""
 import ast
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import REPO, tiny_config, tiny_model
 from Model import (KVCache, ModelConfig, Transformer, attend, attention_weights, keep_likeliest, rotate,
                    sample_next)
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -21,16 +19,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def tiny_config(**overrides) -> ModelConfig:
-    fields = dict(vocab_size=64, block_size=32, emb_len=32, num_layers=2, num_heads=4, dropout=0.0)
-    return ModelConfig(**{**fields, **overrides})
-
-
-def tiny_model(seed: int = 0, **overrides) -> Transformer:
-    torch.manual_seed(seed)
-    return Transformer(tiny_config(**overrides)).eval()
 
 
 def peaked_model(seed: int = 0, **overrides) -> Transformer:
@@ -398,59 +386,6 @@ def test_bad_prompts_raise_valueerror():
         model.generate(prompt(1, 64), 3)
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate(prompt(1), -1)
-
-
-def test_beam_width_1_equals_greedy():
-    model = peaked_model()
-    start = prompt(7, 8, 9)
-    assert torch.equal(model.beam_search(start, 50, beam_width=1), model.generate(start, 50, temperature=0))
-
-
-def sequence_logprob(model: Transformer, seq: torch.Tensor, prompt_len: int) -> float:
-    with torch.no_grad():
-        logits, _ = model(seq)
-    logp = F.log_softmax(logits[0, prompt_len - 1:-1], -1)
-    return logp.gather(-1, seq[0, prompt_len:, None]).sum().item()
-
-
-def test_beam_search_is_deterministic_and_its_best_beats_greedy_here():
-    model = tiny_model(seed=3)
-    start = prompt(1, 2)
-    first = model.beam_search(start, 12, beam_width=4)
-    assert torch.equal(first, model.beam_search(start, 12, beam_width=4))
-    assert torch.equal(first, model.beam_search(start, 12, beam_width=4, use_cache=False))
-    assert first.shape == (1, 14)
-    greedy = model.generate(start, 12, temperature=0)
-    assert sequence_logprob(model, first, 2) >= sequence_logprob(model, greedy, 2)
-
-
-def test_beam_search_runs_past_block_size():
-    model = peaked_model(block_size=16)
-    out = model.beam_search(prompt(1, 2, 3), 40, beam_width=3)
-    assert out.shape == (1, 43)
-    assert torch.equal(model.beam_search(prompt(1, 2, 3), 40, beam_width=1),
-                      model.generate(prompt(1, 2, 3), 40, temperature=0))
-
-
-def test_beam_search_with_end_token_stops_hypotheses_at_it():
-    model = peaked_model()
-    start = prompt(1, 2)
-    greedy = model.generate(start, 20, temperature=0)[0, 2:].tolist()
-    end = greedy[3]                              # a token greedy decoding reaches early
-    # Raw summed log-probs (length_penalty 0) only fall as a beam grows, so with one beam the
-    # greedy path, finished at its first end token, wins.
-    out = model.beam_search(start, 20, beam_width=1, length_penalty=0, end_token=end)[0, 2:].tolist()
-    assert out == greedy[:greedy.index(end) + 1]
-    for width, penalty in [(3, 0.0), (3, 1.0)]:
-        wide = model.beam_search(start, 20, beam_width=width, length_penalty=penalty, end_token=end)
-        wide = wide[0, 2:].tolist()
-        assert end not in wide[:-1]              # nothing is generated after an end token
-        assert wide[-1] == end or len(wide) == 20
-
-
-def test_beam_search_rejects_bad_width():
-    with pytest.raises(ValueError, match="beam_width"):
-        tiny_model().beam_search(prompt(1), 5, beam_width=0)
 
 
 def test_model_module_never_imports_a_script():

@@ -14,13 +14,12 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from browser import chromium, open_page
-from conftest import REPO, TINY_TEXT, run_script
+from conftest import ON_CPU, REPO, TINY_TEXT, candidate_lines, run_script, run_tiny
 from run import eval_windows
 from support import see_inside_page
 from support.explain import explain
 from support.see_inside import attention_maps, context_starts, streamed_texts
 from support.see_inside_page import page_html, permille, write_eval_page, write_generation_page
-from test_see_inside import candidate_lines, run_tiny, tiny  # noqa: F401  (tiny: the fixture)
 
 # Markup, an ampersand, both quotes, a right-to-left override and right-to-left scripts, a carriage
 # return, an emoji and a tab: the page must show all of it as text.
@@ -36,18 +35,18 @@ def page_data(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def generated(tiny, tmp_path_factory):  # noqa: F811
+def generated(tiny, tmp_path_factory):
     """A page of a 40-token continuation on the tiny model (its 16-token window restarts twice), with
     --show-probs 4 on stderr for the same draws."""
     path = tmp_path_factory.mktemp("page") / "continuation.html"
-    result = run_tiny(tiny, "--prompt", "the quick", "--seed", "3", "--temperature", str(TEMPERATURE), "--top-k",
-                      "3", "--top-p", "0.9", "--max-new-tokens", "40", "--show-probs", "4", "--html", path)
+    result = run_tiny(tiny, *ON_CPU, "--prompt", "the quick", "--seed", "3", "--temperature", str(TEMPERATURE),
+                      "--top-k", "3", "--top-p", "0.9", "--max-new-tokens", "40", "--show-probs", "4", "--html", path)
     assert result.returncode == 0, result.stderr
     return {"path": path, "result": result, "data": page_data(path)}
 
 
 @pytest.fixture(scope="module")
-def scored(tiny, tmp_path_factory):  # noqa: F811
+def scored(tiny, tmp_path_factory):
     """A page of --eval on a text with HOSTILE inside, run with weights whose path holds markup, the end
     of a script element (in one piece, unlike the text's, which tokens split) and a byte that is not
     UTF-8 (Python spells it as a lone surrogate)."""
@@ -86,7 +85,7 @@ def test_page_alternatives_are_the_show_probs_figures_of_the_same_draws(generate
     assert "".join(token["text"] for token in drawn) + "\n" == result.stdout
 
 
-def test_context_starts_are_the_windows_generation_feeds_the_model(tiny):  # noqa: F811
+def test_context_starts_are_the_windows_generation_feeds_the_model(tiny):
     model, prompt = tiny["model"], tiny["tokenizer"].encode("the quick")
     fed = []
     hook = model.register_forward_pre_hook(lambda module, inputs: fed.append(inputs[0][0].tolist()))
@@ -101,7 +100,7 @@ def test_context_starts_are_the_windows_generation_feeds_the_model(tiny):  # noq
     assert len(set(starts.values())) >= 3                                  # the window restarted
 
 
-def test_page_attention_is_the_models_own_over_the_window_each_token_was_predicted_from(tiny, generated):  # noqa: F811
+def test_page_attention_is_the_models_own_over_the_window_each_token_was_predicted_from(tiny, generated):
     data, model = generated["data"], tiny["model"]
     tokens = data["tokens"]
     ids = [token["id"] for token in tokens]
@@ -119,7 +118,7 @@ def test_page_attention_is_the_models_own_over_the_window_each_token_was_predict
         assert torch.all((looks - expected).abs() < 1 + 1e-6)
 
 
-def test_page_merges_are_those_explain_shows_for_the_token_alone(tiny, generated):  # noqa: F811
+def test_page_merges_are_those_explain_shows_for_the_token_alone(tiny, generated):
     tokenizer, data = tiny["tokenizer"], generated["data"]
     checked = set()
     for token in data["tokens"]:
@@ -147,7 +146,7 @@ def test_page_of_an_eval_holds_the_text_exactly_and_adds_up_to_the_score(scored)
 
 # ───────────────────────────────────────────── the bounds ─────────────────────────────────────────────
 
-def generation_page(tiny, path: Path) -> dict:  # noqa: F811
+def generation_page(tiny, path: Path) -> dict:
     """write_generation_page in this process: a 30-token continuation of "the quick" on the tiny model."""
     model, tokenizer = tiny["model"], tiny["tokenizer"]
     loaded = SimpleNamespace(model=model, tokenizer=tokenizer, device=torch.device("cpu"), banner=["loaded tiny"])
@@ -160,7 +159,7 @@ def generation_page(tiny, path: Path) -> dict:  # noqa: F811
     return page_data(path)
 
 
-def test_attention_past_the_budget_is_left_out_and_the_page_says_from_where(tiny, tmp_path, monkeypatch):  # noqa: F811
+def test_attention_past_the_budget_is_left_out_and_the_page_says_from_where(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(see_inside_page, "ATTENTION_BUDGET", 500)
     data = generation_page(tiny, tmp_path / "page.html")
     has = [token["looks"] is not None for token in data["tokens"][1:]]
@@ -170,7 +169,7 @@ def test_attention_past_the_budget_is_left_out_and_the_page_says_from_where(tiny
     assert f"stops at token {cut}:" in data["bounds"]
 
 
-def test_past_max_maps_only_each_layers_mean_over_its_heads_is_embedded(tiny, tmp_path, monkeypatch):  # noqa: F811
+def test_past_max_maps_only_each_layers_mean_over_its_heads_is_embedded(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(see_inside_page, "MAX_MAPS", 3)                  # the tiny model has 2 × 2
     data = generation_page(tiny, tmp_path / "page.html")
     assert data["maps"] == ["all heads (mean)"]
@@ -179,7 +178,7 @@ def test_past_max_maps_only_each_layers_mean_over_its_heads_is_embedded(tiny, tm
     assert "only each layer's mean" in data["bounds"]
 
 
-def test_a_long_text_page_shows_its_first_max_tokens(tiny, tmp_path, monkeypatch):  # noqa: F811
+def test_a_long_text_page_shows_its_first_max_tokens(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(see_inside_page, "MAX_TOKENS", 50)
     model, tokenizer = tiny["model"], tiny["tokenizer"]
     text = TINY_TEXT[:1000]

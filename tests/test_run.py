@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from conftest import ON_CPU, REPO, TINY_TEXT, run_script
-from support.checkpoints import load_checkpoint, model_from_checkpoint
-from run import eval_windows, find_weights
+import Model_Params
+from conftest import ON_CPU, REPO, TINY_TEXT, assert_one_error_line, run_script, run_tiny
+from run import eval_windows, find_weights, parse_args
 from support.text_io import shown_length
 from tokenizer import Tokenizer
 
@@ -38,33 +38,6 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_trained):
-    """The session's tiny model (written by init.py and train.py), also loaded in this process."""
-    weights = tiny_trained["weights_dir"] / "weights-best.pth"
-    checkpoint = load_checkpoint(weights)
-    model = model_from_checkpoint(checkpoint, torch.device("cpu"), weights)
-    assert model.config.block_size == BLOCK
-    return {"weights": weights, "tokenizer_dir": tiny_trained["tokenizer_dir"], "model": model,
-            "tokenizer": Tokenizer.load(tiny_trained["tokenizer_dir"]), "config": model.config}
-
-
-def run_tiny(tiny, *args, input=None):
-    return run_script("run.py", "--weights", tiny["weights"], "--tokenizer-dir", tiny["tokenizer_dir"],
-                      *args, input=input, timeout=120)
-
-
-def assert_clean_error(result, *fragments):
-    """Exit 2, one `error:` line on stderr naming the problem, nothing on stdout, no traceback."""
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 # ──────────────────────────────────────── generation ────────────────────────────────────────
@@ -175,13 +148,8 @@ def test_eval_windows_score_every_token_once_with_enough_context(n_tokens, block
     assert scored == list(range(1, n_tokens + 1))
 
 
-def test_beam_search_prints_a_deterministic_continuation(tiny):
-    result = run_tiny(tiny, "--beams", "3", "--stop", r"\n", "--seed", "5", "--max-new-tokens", "30",
-                 input="the quick\nthe quick\n")
-    assert result.returncode == 0, result.stderr
-    first, second, end = result.stdout.split("\n")
-    assert first == second and first and end == ""
-    assert "ignoring --seed" in result.stderr
+def test_removed_beams_option_says_to_use_temperature_0():
+    assert_one_error_line(run_script("run.py", "--beams", "3"), "--beams was removed", "--temperature 0")
 
 
 def default_ctrl_c() -> None:
@@ -292,7 +260,7 @@ def test_eval_of_a_bad_file_is_one_line(tiny, tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     for name, fragment in [("missing.txt", "not found"), ("latin1.txt", "not UTF-8"),
                            ("empty.txt", "empty")]:
-        assert_clean_error(run_tiny(tiny, "--eval", tmp_path / name), name, fragment)
+        assert_one_error_line(run_tiny(tiny, "--eval", tmp_path / name), name, fragment)
 
 
 # ─────────────────────────────────────── loading problems ───────────────────────────────────────
@@ -335,29 +303,39 @@ def test_tokenizer_that_does_not_match_the_checkpoint_is_refused(tiny, tmp_path)
     other.save(tmp_path / "other")
     result = run_script("run.py", "--weights", tiny["weights"], "--tokenizer-dir", tmp_path / "other",
                         "--prompt", "the quick")
-    assert_clean_error(result, "tokenizer", "train.py")
+    assert_one_error_line(result, f"{tiny['weights']}: trained with a different tokenizer", other.fingerprint(),
+                          "retrain with `python train.py`")
 
 
 def test_no_weights_says_train_first_or_restore(tmp_path):
     scripts = copy_scripts(tmp_path)                           # no Saved_Weights/ beside this copy
     result = run_script(scripts / "run.py", "--prompt", "hi")
-    assert_clean_error(result, "train.py", "git checkout Saved_Weights/pretrained.pth")
+    assert_one_error_line(result, "train.py", "git checkout Saved_Weights/pretrained.pth")
 
 
 @pytest.mark.parametrize("option", [
     ("--temperature", "-1"), ("--temperature", "nan"), ("--top-p", "0"), ("--top-p", "1.5"),
-    ("--top-k", "-1"), ("--top-k", "2.5"), ("--beams", "0"), ("--max-new-tokens", "-1"),
+    ("--top-k", "-1"), ("--top-k", "2.5"), ("--max-new-tokens", "-1"),
     ("--stop", ""), ("--stop", "\\"), ("--seed", "-1"), ("--seed", str(2 ** 64)),
     ("--eval-stride", "0"), ("--threads", "-1"),
 ])
 def test_bad_option_values_are_one_line_errors(option):
-    assert_clean_error(run_script("run.py", *option), option[0])
+    assert_one_error_line(run_script("run.py", *option), option[0])
+
+
+def test_every_option_takes_both_spellings_and_help_shows_one():
+    underscores = ["--max_new_tokens", "5", "--top_p", "0.5", "--top_k", "3", "--tokenizer_dir", "x",
+                   "--eval_stride", "3", "--eval", "f"]
+    hyphens = [a.replace("_", "-") if a.startswith("--") else a for a in underscores]
+    assert vars(parse_args(underscores, Model_Params)) == vars(parse_args(hyphens, Model_Params))
+    options = set(re.findall(r"(?<![\w-])--[a-z][a-z_-]*", run_script("run.py", "--help").stdout))
+    assert {"--max-new-tokens", "--eval-stride"} <= options and not [o for o in options if "_" in o], options
 
 
 def test_prompt_and_eval_exclude_each_other():
     # An existing file: the refusal must come from the two options, not from a missing file.
     result = run_script("run.py", "--prompt", "x", "--eval", REPO / "Model_Params.py")
-    assert_clean_error(result, "--eval", "--prompt", "not allowed")
+    assert_one_error_line(result, "--eval", "--prompt", "not allowed")
 
 
 

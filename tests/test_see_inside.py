@@ -3,7 +3,6 @@ session's tiny model, and the numbers behind them (support/see_inside.py) held t
 computation. The --html page has its own tests: tests/test_page.py."""
 import math
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -11,49 +10,14 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from conftest import TINY_TEXT, TINY_VOCAB, run_script
+from conftest import (CANDIDATE, ON_CPU, TINY_TEXT, TINY_VOCAB, assert_one_error_line, candidate_lines, run_script,
+                      run_tiny)
 from Model import ModelConfig, Transformer, merge_heads
 from run import eval_windows
-from support.checkpoints import load_checkpoint, model_from_checkpoint
 from support.scoring import chars_per_token, score_windows
 from support.see_inside import attention_maps, candidates_line, quoted, token_surprise, token_texts, trace
-from tokenizer import Tokenizer
 
-# One candidate: an optional "… " (the drawn token, below the K likeliest), a mark, the quoted token
-# text, its probability in percent.
-CANDIDATE = re.compile(r'(?:… )?(→|✗)?("(?:[^"\\]|\\.)*") (\d+\.\d)%')
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_trained, tmp_path_factory):
-    """A copy of the session's tiny model (weights and tokenizer), also loaded in this process."""
-    root = tmp_path_factory.mktemp("see_inside")
-    weights = shutil.copy(tiny_trained["weights_dir"] / "weights-best.pth", root / "weights-best.pth")
-    tokenizer_dir = shutil.copytree(tiny_trained["tokenizer_dir"], root / "tokenizer")
-    model = model_from_checkpoint(load_checkpoint(weights), torch.device("cpu"), weights)
-    return {"weights": weights, "tokenizer_dir": tokenizer_dir, "model": model,
-            "tokenizer": Tokenizer.load(tokenizer_dir), "config": model.config}
-
-
-def run_tiny(tiny, *args):
-    # On the CPU: the tests compare run.py's figures with ones computed here, on the CPU.
-    return run_script("run.py", "--weights", tiny["weights"], "--tokenizer-dir", tiny["tokenizer_dir"],
-                      "--device", "cpu", *args, timeout=120)
-
-
-def candidate_lines(stderr: str) -> list[list[tuple[str, str, float]]]:
-    """--show-probs lines of stderr, each as [(mark, quoted token, percent)]."""
-    return [[(mark, token, float(p)) for mark, token, p in CANDIDATE.findall(line)]
-            for line in stderr.splitlines() if CANDIDATE.match(line)]
-
-
-def assert_one_error_line(result, *fragments):
-    assert result.returncode == 2, result.stderr
-    assert result.stdout == "" and "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
+# run.py runs on the CPU here (ON_CPU): the tests compare its figures with ones computed here, on the CPU.
 
 
 # ──────────────────────────────────────────── --show-probs ────────────────────────────────────────────
@@ -61,8 +25,8 @@ def assert_one_error_line(result, *fragments):
 def test_show_probs_lists_every_drawn_token_and_leaves_stdout_as_it_was(tiny):
     sampling = ("--prompt", "the quick", "--seed", "3", "--temperature", "1.5", "--top-k", "3", "--top-p", "1",
                 "--max-new-tokens", "12")
-    plain = run_tiny(tiny, *sampling)
-    shown = run_tiny(tiny, *sampling, "--show-probs", "6")
+    plain = run_tiny(tiny, *ON_CPU, *sampling)
+    shown = run_tiny(tiny, *ON_CPU, *sampling, "--show-probs", "6")
     assert plain.returncode == shown.returncode == 0, shown.stderr
     assert shown.stdout == plain.stdout
     lines = candidate_lines(shown.stderr)
@@ -79,7 +43,7 @@ def test_show_probs_lists_every_drawn_token_and_leaves_stdout_as_it_was(tiny):
 
 
 def test_show_probs_when_greedy_always_draws_the_first(tiny):
-    result = run_tiny(tiny, "--prompt", "the lazy", "--temperature", "0", "--max-new-tokens", "8",
+    result = run_tiny(tiny, *ON_CPU, "--prompt", "the lazy", "--temperature", "0", "--max-new-tokens", "8",
                       "--show-probs", "3")
     assert result.returncode == 0, result.stderr
     lines = candidate_lines(result.stderr)
@@ -110,7 +74,7 @@ def test_quoted_tokens_show_newlines_controls_and_split_characters_on_one_line()
 # ────────────────────────────────────────────── --trace ──────────────────────────────────────────────
 
 def test_trace_shows_every_stage_with_the_model_shapes(tiny):
-    result = run_tiny(tiny, "--prompt", "the quick", "--trace")
+    result = run_tiny(tiny, *ON_CPU, "--prompt", "the quick", "--trace")
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""                                     # nothing generated
     c, T = tiny["config"], len(tiny["tokenizer"].encode("the quick"))
@@ -187,7 +151,7 @@ def test_attention_weights_are_the_ones_each_block_uses(tiny, positions):
 
 def test_attention_png_is_drawn_for_the_prompt_window(tiny, tmp_path):
     long_prompt = "the quick brown fox jumps over the lazy dog " * 3        # longer than the 16-token context
-    result = run_tiny(tiny, "--prompt", long_prompt, "--attention", tmp_path / "attention.png")
+    result = run_tiny(tiny, *ON_CPU, "--prompt", long_prompt, "--attention", tmp_path / "attention.png")
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert "longer than the model's context" in result.stderr
@@ -236,12 +200,10 @@ def test_token_texts_join_back_to_the_text(tiny, text):
     (("--trace",), "--prompt"),
     (("--trace", "--eval", "Model_Params.py"), "--prompt"),
     (("--html", "x.html"), "--prompt"),
-    (("--html", "x.html", "--beams", "2", "--prompt", "x"), "--beams"),
     (("--html", "x.html", "--trace", "--prompt", "x"), "--trace"),
     (("--html", "x.html", "--attention", "x.png", "--prompt", "x"), "--attention"),
     (("--html", "no/such/folder/x.html", "--eval", "Model_Params.py"), "no/such/folder"),
     (("--html", "tests", "--prompt", "x"), "is a folder"),
-    (("--show-probs", "3", "--beams", "2", "--prompt", "x"), "--beams"),
     (("--show-probs", "3", "--eval", "Model_Params.py"), "--eval"),
     (("--show-probs", "3", "--trace", "--prompt", "x"), "--trace"),
     (("--show-probs", "0", "--prompt", "x"), "--show-probs"),
