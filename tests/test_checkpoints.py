@@ -1,6 +1,7 @@
 """Tests of support/checkpoints.py: safe loading and one-line errors for every broken file. (An empty,
 truncated or garbage file, and a pickle that would run code, are tried through run.py and train.py:
-test_robustness.py::test_broken_checkpoint_is_named_and_refused_by_run_and_train_and_no_code_runs.)"""
+test_robustness.py::test_broken_checkpoint_is_named_and_refused_by_run_and_train_and_no_code_runs; a
+tokenizer that does not match, through run.py: test_run.py::test_tokenizer_that_does_not_match_the_checkpoint_is_refused.)"""
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,7 @@ import torch
 
 from conftest import tiny_config, tiny_model
 from Model import Transformer
-from support.checkpoints import (CHECKPOINT_FORMAT_VERSION, CheckpointError, check_tokenizer_fingerprint,
-                                 load_checkpoint, model_from_checkpoint)
+from support.checkpoints import CHECKPOINT_FORMAT_VERSION, CheckpointError, load_checkpoint, model_from_checkpoint
 
 
 def save_checkpoint(path: Path, net: Transformer, **extra) -> dict:
@@ -63,14 +63,6 @@ def test_model_from_checkpoint_rejects_weights_that_do_not_fit_the_config(tmp_pa
     ckpt = save_checkpoint(tmp_path / "w.pth", tiny_model(), model_config=tiny_config(emb_len=64).to_dict())
     with pytest.raises(CheckpointError, match=r"w.pth: weights do not match the model config \(size mismatch for tok_emb.weight"):
         model_from_checkpoint(ckpt, "cpu", path=tmp_path / "w.pth")
-
-
-def test_tokenizer_fingerprint_mismatch_says_what_to_do(tmp_path):
-    ckpt = save_checkpoint(tmp_path / "w.pth", tiny_model())
-    check_tokenizer_fingerprint(ckpt, "abc123", tmp_path / "w.pth")       # match: silent
-    with pytest.raises(CheckpointError, match="different tokenizer.*retrain") as info:
-        check_tokenizer_fingerprint(ckpt, "fff000", tmp_path / "w.pth")
-    assert str(tmp_path / "w.pth") in str(info.value)
 
 
 def test_a_weights_file_of_the_original_project_is_refused_saying_so(tmp_path):

@@ -11,9 +11,8 @@ import time
 import pytest
 import torch
 
-from conftest import ON_CPU, REPO, TINY_TEXT, TINY_TRAIN_FLAGS, TINY_VOCAB, run_script
+from conftest import ON_CPU, REPO, TINY_TEXT, TINY_TRAIN_FLAGS, TINY_VOCAB, history, run_script
 from support.checkpoints import load_checkpoint, model_from_checkpoint
-from test_robustness import history
 from tokenizer import Tokenizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),

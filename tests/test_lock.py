@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_TRAIN_FLAGS, run_script
+from conftest import REPO, TINY_TRAIN_FLAGS, assert_one_error_line, file_hashes, run_script
 
 pytest.importorskip("fcntl", reason="flock locks are POSIX; on Windows the folder is not guarded")
 
-from support import lock as folder_lock      # noqa: E402  (after the skip: it needs fcntl to matter)
 from support.lock import LOCK_NAME, hold_folder  # noqa: E402
 from support.settings import UserError      # noqa: E402
 
@@ -106,30 +105,6 @@ def start_holder(folder: Path, fork: bool = False) -> tuple[subprocess.Popen, in
     return proc, int(line.split()[1])
 
 
-def test_second_holder_is_refused_naming_the_folder_and_the_holders_pid(tmp_path):
-    holder, _ = start_holder(tmp_path)
-    try:
-        with pytest.raises(UserError) as refused:
-            hold_folder(tmp_path, no_say)
-    finally:
-        end(holder)
-    message = str(refused.value)
-    assert "\n" not in message
-    assert f"{tmp_path}/" in message
-    assert f"process {holder.pid}" in message
-    assert "--weights-dir" in message
-
-
-def test_lock_of_a_killed_process_is_free_at_once(tmp_path):
-    holder, _ = start_holder(tmp_path)
-    holder.send_signal(signal.SIGKILL)
-    holder.wait(timeout=WAIT_S)
-    assert lock_names(tmp_path, holder.pid)       # the file stays behind; only the OS lock mattered
-    with hold_folder(tmp_path, no_say) as lock:
-        assert lock.held
-        assert lock_names(tmp_path, os.getpid())
-
-
 def test_forked_child_does_not_keep_the_lock_after_its_parent_is_killed(tmp_path):
     holder, child = start_holder(tmp_path, fork=True)
     try:
@@ -176,14 +151,6 @@ def test_dropped_lock_frees_the_folder(tmp_path):
         assert again.held
 
 
-def test_without_file_locks_the_run_says_so_once_and_carries_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(folder_lock, "fcntl", None)          # as on Windows
-    notes = []
-    lock = hold_folder(tmp_path, notes.append)
-    assert not lock.held
-    assert len(notes) == 1 and f"{tmp_path}/" in notes[0] and "second train.py" in notes[0]
-
-
 # ───────────────────────────────────── with the real scripts ─────────────────────────────────────
 
 def start_script(script: str, *args, stderr_path: Path) -> subprocess.Popen:
@@ -212,15 +179,16 @@ def test_second_train_on_one_folder_is_refused_and_the_first_finishes(tiny_train
     try:
         wait_for(lambda: lock_names(weights, first.pid), "the first run to take the lock", first)
         first.send_signal(signal.SIGSTOP)          # still running, whatever the machine's speed
-        second = run_script("train.py", *train_args(tiny_trained, weights), timeout=WAIT_S)
+        before, lock = file_hashes(weights), (weights / LOCK_NAME).read_bytes()
+        for extra in ((), ("--fresh",)):           # resuming, and starting over: refused before writing a byte
+            second = run_script("train.py", *train_args(tiny_trained, weights, *extra), timeout=WAIT_S)
+            assert_one_error_line(second, f"{weights}/", f"process {first.pid}", "--weights-dir")
+            assert file_hashes(weights) == before and (weights / LOCK_NAME).read_bytes() == lock
+            assert sorted(p.name for p in weights.iterdir()) == sorted([*before, LOCK_NAME])
         first.send_signal(signal.SIGCONT)
         assert first.wait(timeout=WAIT_S) == 0, read_stderr(first)
     finally:
         end(first)
-    assert second.returncode == 2, second.stderr
-    lines = second.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), second.stderr
-    assert f"{weights}/" in lines[0] and f"process {first.pid}" in lines[0] and "--weights-dir" in lines[0]
     # The first run's history is what one undisturbed run writes: each evaluation once.
     assert history_steps(weights) == history_steps(tiny_trained["weights_dir"])
 

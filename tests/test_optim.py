@@ -3,8 +3,7 @@ import pickle
 
 import torch
 
-from test_model import tiny_model
-
+from conftest import tiny_model
 from support.optim import ADAM_EPS, MuonWithAdamW, configure_optimizer
 
 

@@ -8,9 +8,7 @@ import pytest
 import torch
 
 import train
-from conftest import REPO, run_script
-from test_tour import (SHIPPED_WEIGHTS, model_params_differences, require_shipped, require_shipped_corpus,
-                       require_shipped_tokenizer)
+from conftest import REPO, SHIPPED_WEIGHTS, require_shipped_corpus, require_shipped_tokenizer, run_script
 from support.checkpoints import check_tokenizer_fingerprint, load_checkpoint, model_from_checkpoint
 from support.scoring import chars_per_token, final_windows, score_windows
 from tokenizer import Tokenizer
@@ -38,13 +36,6 @@ def test_shipped_weights_load_with_the_shipped_tokenizer(shipped_tokenizer):
     ckpt = load_checkpoint(WEIGHTS)
     check_tokenizer_fingerprint(ckpt, shipped_tokenizer.fingerprint(), WEIGHTS)       # raises on mismatch
     assert ckpt["model_config"]["vocab_size"] == shipped_tokenizer.vocab_size
-
-
-def test_model_params_as_shipped_describe_the_shipped_model():
-    # Otherwise `python run.py` would greet a new user with a "Model_Params differs" note.
-    differ = model_params_differences((REPO / "Model_Params.py").read_text(encoding="utf-8"),
-                                      load_checkpoint(WEIGHTS)["model_config"])
-    require_shipped("Model_Params.py", not differ, f"it differs from the shipped model: {', '.join(differ)}")
 
 
 def test_shipped_model_validation_slice_matches_readme(shipped_tokenizer):

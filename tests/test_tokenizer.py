@@ -2,14 +2,13 @@
 
 The plain pair in tokenizer.py, train_bpe and encode_bpe, is the oracle: every fast path (the
 incremental trainer, the numpy cut, bulk merging, the chunk cache) must give exactly its merges
-and its ids. The texts are made here (random ones, and an English-like text generated from a
+and its ids. The texts are made here (random ones, and conftest's English-like text made from a
 word list), never read from Train_Data/input.txt, which users replace with their own.
 """
 import copy
 import errno
 import json
 import random
-from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
+from conftest import english_like_text
 from support import fast_bpe
 from support.corpus import text_blocks, token_dtype
 from support.fast_bpe import chunk_keys, chunk_of_key
@@ -37,52 +37,6 @@ def training_segmentation(text: str, merges) -> dict[str, list[int]]:
             ids = merge_pair(ids, pair, 256 + rank)
         segmentation[chunk] = ids
     return segmentation
-
-
-# --- an English-like text, made here --------------------------------------------------------------
-
-# Common words (frequent ones first: they are drawn with Zipf-like weights, as in real text), with
-# contractions, names, and words in other scripts; numbers and punctuation are added as it is made.
-WORDS = """the and to of I you a my in that is not it with me be his your this but he have as for thy
-so will what thou her by all no do shall if are our him on lord king good now sir come more they or
-let well here how would love there she o them man then than night time when why must hath may one
-go see make know upon say am like speak where tell should death did can heart father mother house
-world nothing life sweet blood queen great give think every fair eyes friend day never were these
-some much old own poor dead most hand look stay word yet again mind first such nor true men heaven
-don't it's I'll we've you're 'tis o'er can't madam Hamlet Romeo Juliet Macbeth Othello Caesar Lear
-Viola Prospero Ophelia café naïve déjà Straße Ωμέγα Жизнь 東京 über señor façade — """.split()
-NAMES = ["HAMLET", "ROMEO", "JULIET", "MACBETH", "OTHELLO", "LEAR", "VIOLA", "PROSPERO", "KING", "QUEEN"]
-
-
-@lru_cache(maxsize=None)
-def english_like_text(num_chars: int = 300_000, seed: int = 0) -> str:
-    """A deterministic English-like text of about num_chars: speeches by named speakers, made of
-    sentences of Zipf-weighted words with commas, numbers, questions, blank lines, indentation,
-    some non-ASCII words and the odd emoji."""
-    rng = random.Random(seed)
-    weights = [1 / (rank + 1) for rank in range(len(WORDS))]
-    parts, size = [], 0
-    while size < num_chars:
-        lines = [f"{rng.choice(NAMES)}."]
-        for _ in range(rng.randint(1, 4)):
-            words = rng.choices(WORDS, weights, k=rng.randint(3, 14))
-            words[0] = words[0][:1].upper() + words[0][1:]
-            for k in range(1, len(words)):
-                roll = rng.random()
-                if roll < 0.08:
-                    words[k - 1] += ","
-                elif roll < 0.11:
-                    words[k] = str(rng.choice([rng.randint(0, 99), rng.randint(1000, 2024),
-                                               rng.randint(10 ** 5, 10 ** 7)]))
-                elif roll < 0.12:
-                    words[k] = rng.choice(["3.14", "1,000", "(aside)", "[Exit]", "😀", "snake_case",
-                                           "“well”", "e-mail", "--", "&c."])
-            indent = rng.choice(["", "", "", "  ", "    ", "\t"])
-            lines.append(indent + " ".join(words) + rng.choice([".", ".", ".", "?", "!", ";", ":"]))
-        text = "\n".join(lines) + rng.choice(["\n\n", "\n\n", "\n", "\n\n\n", " \n\n"])
-        parts.append(text)
-        size += len(text)
-    return "".join(parts)
 
 
 def text_slice(start: int, length: int) -> str:
@@ -593,8 +547,9 @@ def test_an_interrupted_save_leaves_the_old_tokenizer_intact(saved, english_tok,
 
 
 # The original project's tokenizer_save/: a character-level base vocabulary (the 65 characters of
-# its Shakespeare text), then merges as pairs of its own token ids, and no format_version anywhere.
-ORIGINAL_CHARS = "\n !$&',-.3:;?" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "abcdefghijklmnopqrstuvwxyz"
+# its Shakespeare text, the newline stored as "@": it replaced newlines by "@" before training), then
+# merges as pairs of its own token ids, and no format_version anywhere.
+ORIGINAL_CHARS = "@ !$&',-.3:;?" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "abcdefghijklmnopqrstuvwxyz"
 ORIGINAL_MERGES = [("t", "h"), ("th", "e"), ("e", " ")]
 
 

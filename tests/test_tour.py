@@ -5,62 +5,18 @@ The copy is made from the files themselves (no git needed), less what a run leav
 user may change in a checkout (the training text, the tokenizer, Model_Params.py) is checked
 against the shipped model first: a check that needs the shipped one is skipped, saying so, when the
 user changed it, and fails when it is as committed yet disagrees with the shipped model."""
-import hashlib
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import (REPO, SHIPPED_WEIGHTS, file_hashes, require_shipped, require_shipped_corpus,
+                      require_shipped_tokenizer, run_script)
 from support.checkpoints import load_checkpoint
-from test_robustness import file_hashes
-from tokenizer import Tokenizer, TokenizerError
-
-# Train_Data/input.txt as shipped. The tour is checked on that text: on another one, init.py
-# rightly makes another tokenizer.
-SHIPPED_CORPUS_SHA256 = "51e179f2503a09b911e993aba609bb1180a21a72ab9b7561ba68c09bb6db4a28"
-SHIPPED_WEIGHTS = Path("Saved_Weights") / "pretrained.pth"
 
 # What a run or a test leaves in the tree, never part of a fresh copy (as in .gitignore).
 LEFT_BEHIND = (".git", "__pycache__", "*.pyc", ".venv", "venv", ".pytest_cache", ".hypothesis", ".cache", "*.tmp",
                "tokenizer_save.tmp*", "tokenizer_save.old*")
-
-
-def committed_unchanged(path: str) -> bool | None:
-    """Whether `path` (relative to the repo) is as the last commit has it; None without git."""
-    try:
-        result = subprocess.run(["git", "status", "--porcelain", "--", path], cwd=REPO, capture_output=True,
-                                text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() == "" if result.returncode == 0 else None
-
-
-def require_shipped(path: str, as_shipped: bool, problem: str) -> None:
-    """Skip (saying why) when the user changed `path` so that `problem` holds, or when without git
-    there is no telling; fail when it is as committed, since then the shipped files disagree."""
-    if as_shipped:
-        return
-    if committed_unchanged(path):
-        pytest.fail(f"{path} is as committed, yet {problem}")
-    pytest.skip(f"{path} is not as shipped ({problem}); this check needs the shipped one: `git checkout {path}`")
-
-
-def require_shipped_corpus() -> None:
-    digest = hashlib.sha256((REPO / "Train_Data" / "input.txt").read_bytes()).hexdigest()
-    require_shipped("Train_Data/input.txt", digest == SHIPPED_CORPUS_SHA256,
-                    "its sha256 is not the shipped corpus's; you replaced it, as README invites")
-
-
-def require_shipped_tokenizer() -> None:
-    try:
-        fingerprint = Tokenizer.load(REPO / "tokenizer_save").fingerprint()
-    except TokenizerError:
-        fingerprint = None
-    shipped = load_checkpoint(REPO / SHIPPED_WEIGHTS)["tokenizer_fingerprint"]
-    require_shipped("tokenizer_save", fingerprint == shipped,
-                    f"it is not the tokenizer {SHIPPED_WEIGHTS} was trained with")
 
 
 def model_params_differences(source: str, model_config: dict) -> list[str]:

@@ -24,12 +24,11 @@ import torch
 import Model_Params
 import train
 from conftest import REPO, TINY_TEXT, TINY_VOCAB, run_script
-from Model import ModelConfig, Transformer
+from Model import Transformer
 from support import id_cache, time_budget
 from support.checkpoints import load_checkpoint, model_from_checkpoint
 from support.distributed import SINGLE
 from support.lock import LOCK_NAME
-from support.scoring import chars_per_token, final_windows, score_windows
 from tokenizer import Tokenizer
 
 # A tiny model for in-process runs. The optimizer and the length are pinned (AdamW, no max_epochs),
@@ -331,21 +330,6 @@ def test_missing_tokenizer_says_run_init_first(tiny_trained, capsys, tmp_path):
     assert_one_error_line(code, err, "init.py")
 
 
-def test_input_too_short_for_one_block_is_a_clear_error(tiny_trained, capsys, tmp_path):
-    short = tmp_path / "short.txt"
-    short.write_text("the quick brown fox jumps over the lazy dog\n", encoding="utf-8")
-    code, err = call_main(capsys, *paths(tiny_trained, tmp_path / "w", input=short), "--block_size", "16")
-    assert_one_error_line(code, err, "too short", "block_size")
-    assert not (tmp_path / "w" / "weights-latest.pth").exists()
-
-
-def test_unwritable_weights_folder_is_reported_before_training(tiny_trained, capsys, tmp_path):
-    blocker = tmp_path / "a-file"            # tests run as root, so a chmod would not stop a write
-    blocker.write_text("not a folder")
-    code, err = call_main(capsys, *paths(tiny_trained, blocker / "weights"), *tiny_trained["train_flags"])
-    assert_one_error_line(code, err, "cannot write to weights folder", "--weights-dir")
-
-
 # ─────────────────────────────────────── stopping early ───────────────────────────────────────
 
 class TickingClock:
@@ -402,24 +386,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_trained, tmp_path, c
     assert last.startswith("error: loss became nan") and "still holds step 60" in last
     assert before == {name: file_hash(weights / name) for name in before}
     assert not list(weights.glob("*.tmp"))
-
-
-def test_ctrl_c_saves_a_resumable_checkpoint_without_traceback(tiny_trained, tmp_path):
-    weights = tmp_path / "w"
-    cmd = [sys.executable, str(REPO / "train.py"), *paths(tiny_trained, weights), *SMALL,
-           "--max_iters", "1000000", "--eval_interval", "5"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        wait_for_file(weights / "weights-latest.pth", proc)   # first checkpoint (step 5): training is under way
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
-    assert out == "" and "Traceback" not in err
-    step = load_checkpoint(weights / "weights-latest.pth")["step"]
-    assert f"stopped at step {step}; saved" in err and step >= 5
 
 
 # ───────────────────────────────────────── evaluation ─────────────────────────────────────────
@@ -644,3 +610,14 @@ def test_final_evaluation_scores_at_most_final_eval_tokens_in_the_same_windows_e
     assert "whole validation split" in err
     assert {**whole, "minutes": ""} == {**unbounded, "minutes": ""}
     assert int(whole["val_tokens"]) > 40                 # the tiny text's split exceeds the small bound
+
+
+def test_an_old_run_that_used_a_removed_extra_resumes_and_says_it_goes_on_without_it(tiny_trained, tmp_path, capsys):
+    weights = copy_weights(tiny_trained, tmp_path)
+    latest = load_checkpoint(weights / "weights-latest.pth")
+    latest["train_config"].update(teacher="teacher.pth", ema_decay=0.998)
+    torch.save({**latest, "weight_average": {"decay": 0.998, "average": latest["model"]}}, weights / "weights-latest.pth")
+    code, err = call_main(capsys, *paths(tiny_trained, weights), *tiny_trained["train_flags"], "--max-iters", "62")
+    assert code == 0, err
+    assert "teacher teacher.pth -> removed, ema_decay 0.998 -> removed" in err
+    assert load_checkpoint(weights / "weights-latest.pth")["step"] == 62
