@@ -205,7 +205,6 @@ def train(cfg, procs, device, started: float) -> int:
     if procs.is_main:
         remove_leftover_temps(weights_dir, say)
 
-    final = final_windows(len(val_ids), cfg.block_size, FINAL_EVAL_TOKENS)
     horizon = min(last_step, budget.start_loop(step))   # where the schedule ends: sooner to fit max_minutes
     lr = learning_rate_at(step, cfg, horizon)
 
@@ -277,9 +276,7 @@ def train(cfg, procs, device, started: float) -> int:
                     # Validation, weights-best.pth when nats/char improved, a history row, then
                     # weights-latest.pth. Latest is written last: a run killed before it resumes from
                     # the previous evaluation and redoes this one exactly, rewriting the other two.
-                    timer = time_budget.clock()
                     result = evaluate(model, val_ids, windows, chars, cfg.batch_size, device, amp_dtype, procs)
-                    budget.timed_evaluation(time_budget.clock() - timer, result.tokens, final)
                     if not math.isfinite(result.nll):
                         raise LossNotFinite(f"validation loss became {result.nll} at step {step}")
                     improved = best_val is None or result.nats_per_char < best_val
@@ -305,6 +302,7 @@ def train(cfg, procs, device, started: float) -> int:
             f"fitted to end there)")
 
     # The headline figure: the validation split scored once more (at most FINAL_EVAL_TOKENS of it).
+    final = final_windows(len(val_ids), cfg.block_size, FINAL_EVAL_TOKENS)
     result = evaluate(model, val_ids, final, chars, cfg.batch_size, device, amp_dtype, procs, "final evaluation")
     if procs.is_main:
         record(weights_dir, step, budget.minutes_so_far(), lr, None, result, "full", say)
