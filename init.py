@@ -19,10 +19,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from support import explain
-from support.corpus import (DEFAULT_SAMPLE_BYTES, count_chunks, input_size, parse_size, read_pieces,
-                            read_sample, sample_ranges)
+from support.corpus import (DEFAULT_SAMPLE_BYTES, count_chunks, crlf_note, input_size, parse_size,
+                            read_pieces, read_sample, sample_ranges)
 from support.files import replace_folder, write_failure
 from support.settings import Parser, UserError, load_params
+from support.text_io import set_up_streams
 from tokenizer import MAX_VOCAB, NUM_BYTES, SPLIT_RE, Tokenizer, TokenizerError
 
 REPO = Path(__file__).resolve().parent
@@ -120,8 +121,11 @@ def run(argv) -> None:
                   delay=0.5) as bar:
             chunk_counts = count_chunks(read_sample(input_path, ranges, bar), SPLIT_RE)
         first_piece = next(read_pieces(input_path, *ranges[0]), "")
+        note = crlf_note(input_path)   # "\r\n" was read as "\n" (support/corpus.py): say so once
     except OSError as e:
         raise UserError(f"cannot read input file {input_path} ({e.strerror or e})") from None
+    if note:
+        print(note, file=sys.stderr)
     tok = Tokenizer()
     tok.train_from_chunk_counts(chunk_counts, vocab_size, progress=True)
     train_seconds = time.perf_counter() - start
@@ -156,6 +160,7 @@ def run(argv) -> None:
 
 
 def main(argv=None) -> int:
+    set_up_streams()                 # any console, UTF-8 or not
     try:
         run(sys.argv[1:] if argv is None else argv)
     except (UserError, TokenizerError) as e:

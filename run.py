@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from support.settings import Parser, UserError, checked, load_params
-from support.text_io import (describe_loaded, read_prompts, read_text, set_up_streams, shown_length, shown_path,
-                             stop_value)
+from support.text_io import (END_OF_INPUT, describe_loaded, read_prompts, read_text, set_up_streams, shown_length, shown_path,
+                             stdout_closed, stop_value)
 
 # torch (2-4 s to import here) and the modules that need it are imported inside the functions that
 # use them, so that --help and mistakes that need no model answer at once.
@@ -63,7 +63,7 @@ def parse_args(argv, params) -> argparse.Namespace:
     p = Parser(prog="run.py", description="Continue prompts with the trained model, or score a text.",
                removed={"beams": "beam search never earned its place (off by default, no measured gain); use --temperature 0 for a "
                                  "deterministic (greedy) continuation"},
-               epilog="Prompts: interactive when stdin is a terminal (Ctrl-D or Ctrl-C quits); otherwise one "
+               epilog=f"Prompts: interactive when stdin is a terminal ({END_OF_INPUT} or Ctrl-C quits); otherwise one "
                       "continuation per line of stdin. An empty prompt starts from a new line.")
     task = p.add_mutually_exclusive_group()
     task.add_argument("--prompt", metavar="TEXT", help="continue TEXT once and exit")
@@ -89,7 +89,8 @@ def parse_args(argv, params) -> argparse.Namespace:
                    "by (default block_size // 2; 1 = full context for every token, slowest)")
     look = p.add_argument_group("see inside the model (on stderr or in files; stdout keeps only the text)")
     look.add_argument("--show-probs", type=count_value(1), metavar="K", help="after each token, the K "
-                      "likeliest candidates, probabilities after temperature: → drawn, ✗ cut by top-k/top-p")
+                      "likeliest candidates, probabilities after temperature: → drawn, ✗ cut by top-k/top-p "
+                      "(-> and x in a console without them)")
     look.add_argument("--trace", action="store_true", help="with --prompt: each stage's tensor shape in one "
                       "forward pass, then the top-5 next tokens (generates nothing)")
     look.add_argument("--attention", type=Path, metavar="FILE.png", help="with --prompt: draw every layer "
@@ -298,7 +299,8 @@ def evaluate(loaded: Loaded, text: str, args) -> str:
 # ───────────────────────────────────────────── main ──────────────────────────────────────────────
 
 def run(args, params, weights: Path, why: str, eval_text: str | None) -> int:
-    set_up_streams(prompts_from_stdin=args.prompt is None and args.eval is None)
+    if sys.stdout is None:
+        raise UserError("stdout is closed — nowhere to write the text")
     if args.threads:
         # Measured on the shared 2-core machine: 2 threads generated ~5x slower than 1 (bench_generate).
         import torch
@@ -324,6 +326,7 @@ def run(args, params, weights: Path, why: str, eval_text: str | None) -> int:
 
 
 def main(argv=None) -> int:
+    set_up_streams()                            # any console, UTF-8 or not: support/text_io.py
     try:
         params = load_params(SAMPLING_KINDS)
         args = parse_args(argv, params)
@@ -348,7 +351,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:                   # Ctrl-C: stop at once, cleanly
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
+    except OSError as e:
+        if not stdout_closed(e):
+            raise
         # The reader of stdout went away (e.g. `| head`): stop quietly. Point stdout at devnull so
         # Python's final flush does not complain again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

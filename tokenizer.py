@@ -243,7 +243,8 @@ class Tokenizer:
     def encode_file(self, path, workers: int = 1, range_bytes: int | None = None, progress=False):
         """Yield the ids of a UTF-8 file as arrays of self.typecode, in file order, one per range of
         about range_bytes (default 4 MB), encoded on `workers` processes, in bounded memory (see
-        support/corpus.py). Joined, they equal encode(whole text). Bad UTF-8: TokenizerError."""
+        support/corpus.py). Joined, they equal encode(whole text), each "\r\n" read as "\n" (a file
+        with Windows line ends gives the ids of its LF twin). Bad UTF-8: TokenizerError."""
         return encode_file(self.encode_pieces, self.typecode, path, workers, range_bytes, progress)
 
     def decode_bytes(self, ids) -> bytes:
@@ -297,7 +298,7 @@ class Tokenizer:
             "stoi.json": json.dumps(self._stoi(), ensure_ascii=False, indent=1),
         }
         atomic_write_all({directory / name: lambda tmp, content=content:
-                          tmp.write_text(content + "\n", encoding="utf-8")
+                          tmp.write_text(content + "\n", encoding="utf-8", newline="\n")
                           for name, content in files.items()})
 
     @classmethod

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +44,10 @@ from support.id_cache import data_fingerprint, load_token_ids
 from support.lock import hold_folder
 from support.optim import configure_optimizer, set_learning_rate
 from support.report import describe
-from support.scoring import EvalResult, chars_per_token, final_windows, fixed_windows, score_windows, windows_to_batch
+from support.scoring import EvalResult, chars_per_token, final_windows, fixed_windows, score_windows
 from support.settings import UserError, check_train_settings, load_params, train_parser
 from support.stopping import StopRequest
+from support.text_io import set_up_streams
 from support import time_budget
 from tokenizer import Tokenizer, TokenizerError
 
@@ -69,13 +69,17 @@ def get_batch(ids: np.ndarray, cfg, generator: torch.Generator, procs, device, p
     bpe_dropout > 0 each merged token is, with that chance, split into the two tokens its merge joined
     (parts: merge_parts; see support/bpe_dropout.py): the text's other spellings train too."""
     shape = (cfg.grad_accum_steps, procs.world_size, cfg.batch_size)
-    starts = torch.randint(0, len(ids) - cfg.block_size, shape, generator=generator)
+    starts = torch.randint(0, len(ids) - cfg.block_size, shape, generator=generator).numpy()
     if cfg.bpe_dropout > 0:                  # a coin for every token of the step's batch
         split = torch.rand(shape + (cfg.block_size + 1,), generator=generator) < cfg.bpe_dropout
     batches = []
     for micro in range(cfg.grad_accum_steps):
-        respell = partial(split_tokens, parts=parts, split=split[micro, procs.rank]) if cfg.bpe_dropout > 0 else None
-        batches.append(windows_to_batch(ids, starts[micro, procs.rank].numpy(), cfg.block_size, device, respell))
+        mine = starts[micro, procs.rank]                                    # (B,) this process's windows
+        rows = torch.from_numpy(ids[mine[:, None] + np.arange(cfg.block_size + 1)].astype(np.int64))  # (B, T+1)
+        if cfg.bpe_dropout > 0:
+            rows = split_tokens(rows, parts, split[micro, procs.rank])      # some tokens as their two parts
+        rows = rows.to(device)
+        batches.append((rows[:, :-1], rows[:, 1:]))                         # x, and y: x shifted one token
     return batches
 
 
@@ -321,6 +325,7 @@ class LossNotFinite(Exception):
 
 
 def main(argv=None) -> int:
+    set_up_streams()                 # any console, UTF-8 or not
     started = time_budget.clock()    # the time budget counts from here: tokenizing and setting up use it too
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

@@ -17,7 +17,7 @@ import torch
 
 from Model import ModelConfig, Transformer
 from support.distributed import gather
-from support.files import atomic_write, remove_stale_temps, write_failure
+from support.files import atomic_write, held_open, held_open_line, remove_stale_temps, write_failure
 from support.history import HISTORY_CSV, HISTORY_PNG
 from support.settings import UserError
 
@@ -147,10 +147,13 @@ FRESH_HINT = "pass --fresh to start a new run (this one is kept, moved into a su
 
 def save_atomic(obj: dict, path: Path) -> None:
     """torch.save to a temporary file beside path, then rename: a crash never leaves half a file.
-    A failed write (disk full, folder gone) is a UserError, and path still holds its last complete version."""
+    A failed write (disk full, folder gone, path held open by another program on Windows) is a
+    UserError, and path still holds its last complete version."""
     try:
         atomic_write(path, lambda tmp: torch.save(obj, tmp))
     except (OSError, RuntimeError) as e:       # torch's zip writer reports a failed write as RuntimeError
+        if held_open(e):
+            raise UserError(held_open_line(path)) from None
         raise UserError(f"could not write {path} ({write_failure(e, path.parent)}); {path.name} still holds "
                         f"its last complete version, if any — make room and run train.py again to resume") from None
 
@@ -257,13 +260,16 @@ def best_checkpoint(model, step: int, result, tokenizer_fp: str, train_config: d
 
 
 # Exact resume needs every generator that shapes training back in the same state: the batch
-# generator (which windows) and torch's global generator (dropout masks), stored as tensors.
+# generator (which windows) and torch's global generator (dropout masks; on a GPU, the device's
+# generator draws them), stored as tensors.
 
 def own_rng_state(device: torch.device) -> dict:
     """This process's dropout generators (differ per process under torchrun), on the CPU."""
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device).cpu()
+    if device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state().cpu()
     return state
 
 
@@ -281,6 +287,8 @@ def restore_training_state(ckpt: dict, model, optimizer, scaler, batches: torch.
         torch.set_rng_state(own["torch"])
         if device.type == "cuda" and "cuda" in own:
             torch.cuda.set_rng_state(own["cuda"], device)
+        if device.type == "mps" and "mps" in own:
+            torch.mps.set_rng_state(own["mps"])
     else:
         # A different number of processes: batches still match, only dropout masks cannot.
         torch.manual_seed(seed + 2 + procs.rank + 1_000_003 * ckpt["step"])

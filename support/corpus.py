@@ -8,21 +8,25 @@ where no chunk of the pre-split can straddle, so working piece by piece gives ex
 from __future__ import annotations
 
 import codecs
+import contextlib
 import math
 import multiprocessing
 import os
+import pickle
 import queue
 import re
 import signal
+import subprocess
 import sys
 from array import array
 from collections import Counter
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from support.files import read_problem
+from support.files import crlf_to_lf, read_problem
 from support.settings import UserError
 
 
@@ -91,6 +95,15 @@ def count_chunks(pieces, split_re) -> Counter:
     return counts
 
 
+def crlf_note(path) -> str | None:
+    """One line for the user when the file's line ends are "\r\n" (judged by its first SCAN_BYTES),
+    None otherwise: what read_pieces does with them is worth saying once."""
+    with open(path, "rb") as f:
+        if b"\r\n" not in f.read(SCAN_BYTES):
+            return None
+    return f"note: {path} has Windows line ends (CRLF); each is read as a plain newline (LF)"
+
+
 def read_pieces(path, start: int = 0, end: int | None = None, piece_bytes: int = PIECE_BYTES):
     """Yield the text of bytes [start, end) of a UTF-8 file in pieces of about piece_bytes.
 
@@ -99,6 +112,9 @@ def read_pieces(path, start: int = 0, end: int | None = None, piece_bytes: int =
     chunks of the whole range; start and end should be 0, the file's size or `safe_cuts`, so the
     range's chunks are also the file's. Bytes that are not UTF-8 raise TokenizerError with their
     offset in the file.
+
+    Line ends: each "\r\n" is read as "\n" (see crlf_to_lf), so a file saved with Windows line
+    ends gives the text, the tokenizer and the ids of its LF twin. A lone "\r" stays.
     """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -120,13 +136,13 @@ def read_pieces(path, start: int = 0, end: int | None = None, piece_bytes: int =
             offset, tail = offset + cut, data[cut:]
             if at_end:
                 if text:
-                    yield text
+                    yield crlf_to_lf(text)
                 return
             last = _LAST_BLOCK_END_RE.match(text)
             split = last.end() if last else 0   # a text with no block end waits for more
             carry = text[split:]
             if split:
-                yield text[:split]
+                yield crlf_to_lf(text[:split])
 
 
 def safe_cuts(path, offsets) -> list[int]:
@@ -255,14 +271,21 @@ def encode_file(encode_pieces, typecode: str, path, workers: int = 1, range_byte
             bar.update(end - start)
 
 
+# How encode_file starts its workers. "fork" (Linux) starts one in milliseconds with the tokenizer
+# loaded (the workers run only Python and numpy code). Elsewhere (macOS, Windows) "spawn": each a
+# fresh Python running support/encode_worker.py (see _encode_in_fresh_interpreters).
+WORKER_START = "fork" if sys.platform.startswith("linux") else "spawn"
+
+
 def _encode_in_processes(encode_pieces, typecode: str, path, ranges, workers: int):
     """encode_ranges(...) on `workers` processes. Worker k takes ranges k, k + workers,
     k + 2 × workers, ... (so its chunk cache stays warm) and hands each array over through a
     queue of its own holding at most two, so taking from the queues in turn gives the arrays in
     file order while the workers run ahead by at most two ranges each."""
-    # fork starts a worker in milliseconds with the tokenizer loaded (the workers run only Python
-    # and numpy code); elsewhere (macOS, Windows) spawn, which re-imports the main script in each.
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    if WORKER_START == "spawn":
+        yield from _encode_in_fresh_interpreters(encode_pieces, typecode, path, ranges, workers)
+        return
+    context = multiprocessing.get_context("fork")
     queues = [context.Queue(maxsize=2) for _ in range(workers)]
     processes = [context.Process(target=_encode_stripe, daemon=True,
                                  args=(encode_pieces, typecode, path, ranges[k::workers], queues[k]))
@@ -280,9 +303,60 @@ def _encode_in_processes(encode_pieces, typecode: str, path, ranges, workers: in
             process.join()
 
 
+def _encode_in_fresh_interpreters(encode_pieces, typecode: str, path, ranges, workers: int):
+    """_encode_in_processes without fork: worker k is a new Python running support/encode_worker.py,
+    which reads its job from its stdin and writes its messages to its stdout, both pickled. The pipe
+    is the queue: a worker waits to write its next array until this process reads, so it runs
+    ahead by at most that array and the pipe's buffer."""
+    # Why not multiprocessing's "spawn": its children first run the parent's main script again, as
+    # __mp_main__ (multiprocessing/spawn.py, get_preparation_data, finds it from __main__.__spec__
+    # or __main__.__file__), and it has no public switch to skip that: every worker of train.py would
+    # import torch (seconds and ~220 MB each). A script started with subprocess is its own __main__
+    # (documented, and nothing else runs first): encode_worker.py imports only what encoding needs.
+    # Like spawn, it first takes this process's sys.path, so `support` and the tokenizer's module
+    # import there as they do here.
+    worker = [sys.executable, str(Path(__file__).with_name("encode_worker.py"))]
+    processes = []
+    try:
+        for _ in range(workers):   # all started before any job is written: they start side by side
+            processes.append(subprocess.Popen(worker, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+        for k, process in enumerate(processes):
+            job = (encode_pieces, typecode, os.path.abspath(path), ranges[k::workers])
+            # A worker that died at start cannot take its job (Windows says EINVAL, not EPIPE);
+            # _read_message then says how it ended.
+            with contextlib.suppress(OSError), process.stdin:
+                pickle.dump(sys.path, process.stdin)
+                pickle.dump(job, process.stdin)
+        for i in range(len(ranges)):
+            yield _read_message(processes[i % workers])
+    finally:
+        for process in processes:   # done, failed, or the caller stopped early
+            process.terminate()
+        for process in processes:
+            process.wait()
+            process.stdout.close()
+
+
+def _read_message(process) -> array:
+    """The next array a fresh-interpreter worker writes; raise what it raised, or TokenizerError if
+    it ended without a word."""
+    try:
+        kind, value = pickle.load(process.stdout)
+    except (EOFError, pickle.UnpicklingError):
+        raise TokenizerError(_ended_abruptly(process.wait())) from None
+    if kind == "error":
+        raise value
+    return value
+
+
+def _ended_abruptly(exitcode) -> str:
+    return (f"a tokenizing process ended abruptly (exit code {exitcode}; out of memory?) — "
+            f"try fewer worker processes")
+
+
 def _encode_stripe(encode_pieces, typecode: str, path, ranges, out) -> None:
     """A worker process of encode_file: encode ranges in order, putting ("ids", array) for each,
-    or ("error", exception) on failure, into the queue out."""
+    or ("error", exception) on failure, into the queue out (or anything with a .put)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends us
     try:
         for ids in encode_ranges(encode_pieces, typecode, path, ranges):
@@ -301,8 +375,7 @@ def _receive(source, process) -> array:
             break
         except queue.Empty:
             if ended:
-                raise TokenizerError(f"a tokenizing process ended abruptly (exit code {process.exitcode}; "
-                                     f"out of memory?) — try fewer worker processes") from None
+                raise TokenizerError(_ended_abruptly(process.exitcode)) from None
     if kind == "error":
         raise value
     return value

@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 
 from support.distributed import Processes, all_reduce_sum
-from support.files import atomic_write, write_failure
+from support.files import atomic_write, held_open, held_open_line, retry_while_held, write_failure
 from support.settings import UserError
 
 HISTORY_CSV, HISTORY_PNG = "loss_history.csv", "loss.png"
@@ -50,6 +50,8 @@ def start_history(weights_dir: Path, resumed_step: int | None) -> None:
         try:
             atomic_write(path, _write_rows(keep))
         except OSError as e:
+            if held_open(e):
+                raise UserError(held_open_line(path)) from None
             raise UserError(f"could not write {path} ({write_failure(e, path.parent)})") from None
 
 
@@ -79,12 +81,14 @@ def record(weights_dir: Path, step: int, minutes: float, lr: float, train_loss: 
     path = weights_dir / HISTORY_CSV
     try:
         new = not path.exists() or path.stat().st_size == 0
-        with open(path, "a", newline="") as f:
+        with retry_while_held(open, path, "a", newline="") as f:   # Windows: a spreadsheet may hold it
             writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
             if new:
                 writer.writeheader()
             writer.writerow(row)
     except OSError as e:
+        if held_open(e):
+            raise UserError(held_open_line(path)) from None
         raise UserError(f"could not write {path} ({write_failure(e, weights_dir)}) — make room and run "
                         f"train.py again to resume") from None
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from support.corpus import token_dtype
+from support.corpus import crlf_note, token_dtype
 from support.distributed import Processes, barrier
 from support.files import atomic_write, read_problem, remove_stale_temps
 from support.settings import UserError
@@ -110,6 +110,8 @@ def load_token_ids(input_path: Path, data_fp: str, tokenizer, procs: Processes, 
             say(f"tokenizing {input_path} ({size:,} bytes) once, on {workers} process(es); "
                 f"the ids are cached in {cache.parent}/")
         write_cache(cache, input_path, tokenizer, workers, range_bytes, size >= 100_000, say)
+        if note := crlf_note(input_path):         # read as LF; said once it has read as text
+            say(note)
     barrier(procs)                                # rank 0 has written the cache
     if cache.exists():
         return np.load(cache, mmap_mode="r")      # memory-mapped: pages load as windows touch them

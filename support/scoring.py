@@ -51,18 +51,11 @@ def chars_per_token(tokenizer) -> torch.Tensor:
     return torch.tensor(counts, dtype=torch.int64)
 
 
-def windows_to_batch(ids: np.ndarray, starts, length: int, device: torch.device, respell=None):
+def windows_to_batch(ids: np.ndarray, starts, length: int, device: torch.device):
     """Windows ids[s : s + length + 1] for each start -> inputs x and targets y, both (B, length)
-    int64 on device; y is x shifted one token left (each position predicts the next token).
-    respell, if given, maps the (B, length + 1) windows to new ones first (BPE-dropout)."""
+    int64 on device; y is x shifted one token left (each position predicts the next token)."""
     starts = np.asarray(starts, dtype=np.int64)
-    rows = torch.from_numpy(ids[starts[:, None] + np.arange(length + 1)].astype(np.int64))  # (B, L+1)
-    if respell is not None:
-        rows = respell(rows)
-    if device.type == "cuda":
-        rows = rows.pin_memory().to(device, non_blocking=True)
-    else:
-        rows = rows.to(device)
+    rows = torch.from_numpy(ids[starts[:, None] + np.arange(length + 1)].astype(np.int64)).to(device)  # (B, L+1)
     return rows[:, :-1], rows[:, 1:]
 
 

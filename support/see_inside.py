@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from Model import attention_weights, keep_likeliest
 from support.scoring import windows_to_batch
+from support.text_io import can_show
 
 
 def quoted(token_bytes: bytes) -> str:
@@ -36,7 +37,8 @@ def quoted(token_bytes: bytes) -> str:
 
 # ─────────────────────────────── --show-probs: what the model weighed ───────────────────────────────
 
-DRAWN, CUT = "→", "✗"
+DRAWN, CUT, FURTHER = "→", "✗", "… "
+PLAIN = {DRAWN: "->", CUT: "x", FURTHER: "... "}      # on a console that cannot show the marks (cp1252)
 
 
 def candidates(logits: torch.Tensor, drawn: int | None, k: int, temperature: float, top_k: int | None = None,
@@ -60,12 +62,14 @@ def candidates(logits: torch.Tensor, drawn: int | None, k: int, temperature: flo
 
 
 def candidates_line(logits: torch.Tensor, drawn: int | None, decode_bytes, k: int, temperature: float,
-                    top_k: int | None = None, top_p: float | None = None) -> str:
+                    top_k: int | None = None, top_p: float | None = None, plain: bool = False) -> str:
     """candidates() on one line: the marked, quoted tokens with their probabilities in percent; "… "
-    before the drawn one when it comes from further down."""
+    before the drawn one when it comes from further down. plain: the marks in ASCII (PLAIN)."""
     shown = []
     for i, (token, p, mark) in enumerate(candidates(logits, drawn, k, temperature, top_k, top_p)):
-        gap = "… " if i == k else ""
+        gap = FURTHER if i == k else ""
+        if plain:
+            gap, mark = PLAIN.get(gap, gap), PLAIN.get(mark, mark)
         shown.append(f"{gap}{mark}{quoted(decode_bytes([token]))} {100 * p:.1f}%")
     return "   ".join(shown)
 
@@ -75,7 +79,8 @@ def show_candidates(logits: torch.Tensor, drawn: int, decode_bytes, args) -> Non
     # On a terminal, the text on stdout has no newline yet: start the line on a fresh one.
     fresh = "\n" if sys.stdout.isatty() and sys.stderr.isatty() else ""
     print(fresh + candidates_line(logits, drawn, decode_bytes, args.show_probs, args.temperature,
-                                  args.top_k or None, args.top_p), file=sys.stderr, flush=True)
+                                  args.top_k or None, args.top_p, plain=not can_show(sys.stderr, "".join(PLAIN))),
+          file=sys.stderr, flush=True)
 
 
 # ──────────────────────────────── --trace: one pass, stage by stage ────────────────────────────────

@@ -1,15 +1,19 @@
-"""Text in and out for run.py: prompts from a terminal or a pipe, a --stop text, a text to score,
-and the lines that say which model was loaded.
+"""Text in and out: the streams of every script in any console, and for run.py prompts from a
+terminal or a pipe, a --stop text, a text to score, and the lines that say which model was loaded.
 
-Read this when you want to know how run.py stops at a --stop text without printing part of it.
+Read this when you want to know how run.py stops at a --stop text without printing part of it, or
+what the scripts do in a console that is not UTF-8 (set_up_streams).
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import io
+import os
 import sys
 from pathlib import Path
 
-from support.files import read_problem
+from support.files import crlf_to_lf, read_problem
 from support.settings import UserError
 
 
@@ -42,17 +46,21 @@ def shown_length(pending: str, stop: str | None) -> tuple[int, bool]:
     return len(pending), False
 
 
+# The keys that end typed input: Windows' console reads Ctrl-Z then Enter as the end, others Ctrl-D.
+END_OF_INPUT = "Ctrl-Z then Enter" if os.name == "nt" else "Ctrl-D"
+
+
 def read_prompts(interactive: bool):
     """Yield prompts from stdin: with a '> ' marker on stderr when a person is typing, otherwise one
     per line. The line's newline is not part of the prompt."""
     if interactive:
-        print("Type a prompt and press Enter (an empty line starts from a new line); Ctrl-D or Ctrl-C quits.",
-              file=sys.stderr)
+        print(f"Type a prompt and press Enter (an empty line starts from a new line); {END_OF_INPUT} or "
+              f"Ctrl-C quits.", file=sys.stderr)
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline()
-        if not line:                                   # end of input (Ctrl-D)
+        if not line:                                   # end of input (END_OF_INPUT)
             if interactive:
                 print(file=sys.stderr)
             return
@@ -60,9 +68,9 @@ def read_prompts(interactive: bool):
 
 
 def read_text(path: Path) -> str:
-    """The UTF-8 text in `path` (exactly as stored: no newline translation), or a one-line UserError."""
+    """The UTF-8 text in `path` (Windows line ends read as "\n", as training reads them), or a one-line UserError."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = crlf_to_lf(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: {read_problem(e)}") from None
     if not text:
@@ -70,15 +78,48 @@ def read_text(path: Path) -> str:
     return text
 
 
-def set_up_streams(prompts_from_stdin: bool) -> None:
-    """stdout ready for generated text, and stdin for prompts: neither fails on any character."""
-    if sys.stdout is None:
-        raise UserError("stdout is closed — nowhere to write the text")
-    # Generated text is arbitrary: never fail on a character the terminal's encoding lacks. Stdin lines
-    # end only at "\n" (a "\r" inside a prompt is part of it), and bad UTF-8 in them becomes U+FFFD.
-    sys.stdout.reconfigure(errors="replace")
-    if sys.stdin is not None and prompts_from_stdin:
-        sys.stdin.reconfigure(errors="replace", newline="\n")
+def set_up_streams() -> None:
+    r"""Every script's first call: no character stops its output, and text piped in is read as UTF-8.
+
+    A console that is not UTF-8 lacks most characters: Windows writes to a pipe or file in its ANSI
+    code page (cp1252 in the West), a Linux with a legacy locale in e.g. ISO-8859-1. There stdout
+    shows "?" for a character it cannot encode, where Python would stop with a UnicodeEncodeError;
+    stderr shows an escape such as \u2192, as Python always has it. Text piped or redirected into
+    stdin is read as UTF-8 whatever the code page (cp1252 would read café as cafÃ©), while a person
+    typing at a console keeps its encoding. Stdin lines end only at "\n" (a "\r" inside a prompt
+    is part of it), and bytes that are not valid in the encoding become U+FFFD.
+
+    IDLE's, Spyder's and Jupyter's streams are not io.TextIOWrapper and have no reconfigure: they
+    take any character already, and are left as they are, as is a closed stream (None).
+    """
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+    if hasattr(sys.stdin, "reconfigure"):
+        piped = {} if sys.stdin.isatty() else {"encoding": "utf-8"}
+        try:
+            sys.stdin.reconfigure(**piped, errors="replace", newline="\n")
+        except io.UnsupportedOperation:     # read from already (main called again in one process): as it is
+            pass
+
+
+def can_show(stream, text: str) -> bool:
+    """Whether `stream` can show every character of `text` (one that names no encoding is taken to be
+    Unicode): a see-inside view uses plain ASCII marks where it cannot."""
+    try:
+        text.encode(getattr(stream, "encoding", None) or "utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# Where a write to a pipe whose reader went away fails with EINVAL rather than EPIPE.
+WINDOWS = os.name == "nt"
+
+
+def stdout_closed(error: OSError) -> bool:
+    """Whether a failed write means that the reader of stdout went away (`| head`): a BrokenPipeError,
+    or on Windows an OSError with errno EINVAL."""
+    return isinstance(error, BrokenPipeError) or (WINDOWS and error.errno == errno.EINVAL)
 
 
 def shown_path(path: Path) -> Path:

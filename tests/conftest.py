@@ -3,6 +3,7 @@ model trained once per session by the real init.py and train.py (`tiny_trained`)
 test files use: the scripts run by forked children (`scripts`, `tiny_copy`), the tiny model loaded
 (`tiny`), a tiny untrained model, an English-like text, the shipped model's checks."""
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -28,6 +29,38 @@ settings.load_profile("reproducible")
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+# ───────────── what a test needs of the platform: the suite runs on Windows, macOS and Linux ─────────────
+
+def importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+# Each marker skips, saying why, where the platform lacks what the test itself uses (never what the
+# scripts need: they run everywhere). tests/test_suite_portability.py checks that the suite collects
+# without these modules and that the tests needing them skip.
+needs_fork = pytest.mark.skipif(
+    not hasattr(os, "fork"), reason="runs the scripts in children forked from one process that imported "
+                                    "torch once (tests/forked_scripts.py): this platform has no os.fork")
+needs_pty = pytest.mark.skipif(
+    not importable("pty"), reason="stands in for a person's terminal with a pseudo-terminal: this platform "
+                                  "has no pty module (POSIX only)")
+needs_sigint = pytest.mark.skipif(
+    os.name == "nt", reason="presses Ctrl-C by sending SIGINT to one process: Windows sends Ctrl-C "
+                            "(CTRL_C_EVENT) to every process on the console, pytest included")
+
+
+def posix_only(what: str):
+    return pytest.mark.skipif(os.name != "posix", reason=f"{what}: POSIX only")
+
+
+def linux_only(what: str):
+    return pytest.mark.skipif(not sys.platform.startswith("linux"), reason=f"{what}: Linux only")
 
 
 def run_script(script: str, *args: str, cwd: Path | None = None, input: str | None = None,
@@ -66,7 +99,7 @@ def tiny_trained(tmp_path_factory) -> dict:
     """
     root = tmp_path_factory.mktemp("tiny_trained")
     text_path = root / "input.txt"
-    text_path.write_text(TINY_TEXT, encoding="utf-8")
+    text_path.write_text(TINY_TEXT, encoding="utf-8", newline="\n")      # the same bytes on Windows
     tokenizer_dir, weights_dir = root / "tokenizer", root / "weights"
     init = run_script("init.py", "--input", text_path, "--vocab-size", TINY_VOCAB, "--out", tokenizer_dir)
     assert init.returncode == 0, init.stderr
@@ -172,9 +205,18 @@ class ForkedScripts:
 
 @pytest.fixture(scope="module")
 def scripts():
+    """The ForkedScripts server; a test that uses it skips where there is no fork (see below)."""
     server = ForkedScripts()
     yield server
     server.close()
+
+
+def pytest_collection_modifyitems(items):
+    # Marked here, once, rather than on each test that uses `scripts`: the skip then comes before
+    # any fixture is set up (the session's tiny model is not trained for a test that will skip).
+    for item in items:
+        if "scripts" in getattr(item, "fixturenames", ()):
+            item.add_marker(needs_fork)
 
 
 @pytest.fixture

@@ -11,12 +11,13 @@ import time
 import pytest
 import torch
 
-from conftest import ON_CPU, REPO, TINY_TEXT, TINY_TRAIN_FLAGS, TINY_VOCAB, history, run_script
+from conftest import ON_CPU, REPO, TINY_TEXT, TINY_TRAIN_FLAGS, TINY_VOCAB, history, needs_sigint, run_script
 from support.checkpoints import load_checkpoint, model_from_checkpoint
 from tokenizer import Tokenizer
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="no CUDA device here: these tests run the scripts on one")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="no CUDA device here: these tests run the scripts on one"),
+              needs_sigint]          # the tour stops a run with Ctrl-C, then resumes it
 
 ON_CUDA = ("--device", "cuda")
 STEPS = 12                   # the whole run; the interrupted one gets Ctrl-C once it has saved a checkpoint
@@ -31,7 +32,7 @@ def tour(tmp_path_factory) -> dict:
     """init.py, then train.py on the GPU twice: 12 steps at once, and stopped by Ctrl-C then resumed."""
     root = tmp_path_factory.mktemp("cuda_tour")
     text = root / "input.txt"
-    text.write_text(TINY_TEXT, encoding="utf-8")
+    text.write_text(TINY_TEXT, encoding="utf-8", newline="\n")
     init = run_script("init.py", "--input", text, "--vocab-size", TINY_VOCAB, "--out", root / "tokenizer")
     assert init.returncode == 0, init.stderr
     args = {name: ["--input", text, "--tokenizer-dir", root / "tokenizer", "--weights-dir", root / name, *FLAGS]

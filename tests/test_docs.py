@@ -160,7 +160,7 @@ def test_readme_figures_for_the_shipped_model_are_those_in_its_checkpoint():
                "parameters (M)": parameters / 1e6, "parameters": parameters,
                "val nats/char": ckpt["val_nats_per_char"], "val bits/char": ckpt["val_bits_per_char"],
                **{k: settings[k] for k in ("batch_size", "eval_windows", "max_epochs")}}
-    slice_tokens = int(re.search(r"SLICE_TOKENS = (\d+)", (REPO / "tests" / "test_shipped.py").read_text())[1])
+    slice_tokens = int(re.search(r"SLICE_TOKENS = (\d+)", (REPO / "tests" / "test_shipped.py").read_text(encoding="utf-8"))[1])
     rows = shipped_table()
     for label, text in rows:
         if label.startswith("slice check:"):         # the figure itself: tests/test_shipped.py computes it
@@ -177,7 +177,7 @@ def test_readme_figures_for_the_shipped_model_are_those_in_its_checkpoint():
 
 
 def test_readme_test_command_is_the_one_ci_runs():
-    ci = next(line for line in (REPO / ".ci" / "run").read_text().splitlines() if "-m pytest" in line)
+    ci = next(line for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines() if "-m pytest" in line)
     command = re.sub(r"^python3\b", "python", ci.strip())
     blocks = fenced_and_prose(README.read_text(encoding="utf-8"))[0]
     assert any(line.endswith(command) for block in blocks for line in block.splitlines()), command

@@ -1,7 +1,6 @@
 """Tests of init.py, run as a user would run it (in a subprocess, writing only under tmp_path)."""
 import ast
 import os
-import pty
 import re
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 
 import init
 import Model_Params
-from conftest import REPO, assert_one_error_line, run_script
+from conftest import REPO, assert_one_error_line, needs_pty, run_script
 from tokenizer import Tokenizer, encode_bpe
 
 CORPUS = ("To be, or not to be, that is the question:\n"
@@ -21,7 +20,7 @@ CORPUS = ("To be, or not to be, that is the question:\n"
 @pytest.fixture()
 def corpus(tmp_path):
     path = tmp_path / "corpus.txt"
-    path.write_text(CORPUS, encoding="utf-8")
+    path.write_text(CORPUS, encoding="utf-8", newline="\n")
     return path
 
 
@@ -61,7 +60,7 @@ def test_init_replaces_an_existing_tokenizer_and_leaves_no_temporary_folders(tmp
 
 def test_init_stops_early_with_a_warning_when_no_pair_is_left(tmp_path):
     corpus = tmp_path / "tiny.txt"
-    corpus.write_text("ab ab", encoding="utf-8")
+    corpus.write_text("ab ab", encoding="utf-8", newline="\n")
     result = run_script("init.py", "--input", corpus, "--vocab-size", "1000",
                         "--out", tmp_path / "tok")
     assert result.returncode == 0, result.stderr
@@ -174,6 +173,7 @@ def environment(**changes) -> dict:
 def run_in_terminal(*args, env: dict) -> tuple[int, str, str]:
     """Run init.py with its stdout on a pseudo-terminal (isatty() is true there): exit code,
     stdout (with the terminal's \\r\\n made \\n again) and stderr."""
+    import pty                        # POSIX only: the tests that come here are marked needs_pty
     main_end, script_end = pty.openpty()
     process = subprocess.Popen([sys.executable, str(REPO / "init.py"), *map(str, args)], cwd=REPO, env=env,
                                stdin=subprocess.DEVNULL, stdout=script_end, stderr=subprocess.PIPE)
@@ -229,6 +229,7 @@ def test_explain_off_a_terminal_shows_each_merge_with_bars_and_no_escape_codes(t
     assert "chunks: To| be|,| or| not| to| be|:| that|" in result.stdout
 
 
+@needs_pty
 def test_explain_in_a_terminal_puts_tokens_on_alternating_colours(tiny_tokenizer):
     folder, tok = tiny_tokenizer
     code, stdout, stderr = run_in_terminal("--explain", EXPLAINED, "--out", folder, env=environment())
@@ -241,6 +242,7 @@ def test_explain_in_a_terminal_puts_tokens_on_alternating_colours(tiny_tokenizer
     assert len(set(re.findall(r"\x1b\[([0-9;]+)m", last)) - {"0"}) == 2   # two backgrounds, in turn
 
 
+@needs_pty
 @pytest.mark.parametrize("value", ["1", ""])
 def test_explain_with_no_color_set_writes_no_escape_codes_even_on_a_terminal(tiny_tokenizer, value):
     folder, tok = tiny_tokenizer

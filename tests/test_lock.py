@@ -18,7 +18,8 @@ import pytest
 
 from conftest import REPO, TINY_TRAIN_FLAGS, assert_one_error_line, file_hashes, run_script
 
-pytest.importorskip("fcntl", reason="flock locks are POSIX; on Windows the folder is not guarded")
+pytest.importorskip("fcntl", reason="these tests hold and inspect flock locks (POSIX); Windows' lock "
+                                     "is tried in tests/test_windows_and_mps.py")
 
 from support.lock import LOCK_NAME, hold_folder  # noqa: E402
 from support.settings import UserError      # noqa: E402

@@ -389,7 +389,7 @@ def test_bad_prompts_raise_valueerror():
 
 
 def test_model_module_never_imports_a_script():
-    tree = ast.parse((REPO / "Model.py").read_text())
+    tree = ast.parse((REPO / "Model.py").read_text(encoding="utf-8"))
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from browser import chromium, open_page
+from browser import BROWSER, NO_BROWSER, chromium, open_page
 from conftest import ON_CPU, REPO, TINY_TEXT, candidate_lines, run_script, run_tiny
 from run import eval_windows
 from support import see_inside_page
@@ -64,6 +64,8 @@ def scored(tiny, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    if BROWSER is None:
+        pytest.skip(NO_BROWSER)
     with chromium() as context:
         yield context
 

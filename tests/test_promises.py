@@ -13,10 +13,10 @@ from conftest import REPO, train_args
 
 # ─────────────────────────────────── a filesystem without file locks ───────────────────────────────────
 
-# train.py as it runs where flock is missing (Windows) or refused (some network filesystems): the
-# same script, with support/lock.py's view of fcntl replaced first.
+# train.py as it runs where the system has no file locks, or the filesystem refuses them (some network
+# filesystems): the same script, with support/lock.py's view of fcntl (and msvcrt) replaced first.
 WITHOUT_LOCKS = {
-    "no flock on this system": "lock.fcntl = None",
+    "no file locks on this system": "lock.fcntl = lock.msvcrt = None",
     "flock refused by the filesystem": textwrap.dedent("""\
         def refuse(fd, operation):
             raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))

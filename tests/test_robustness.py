@@ -31,7 +31,7 @@ import pytest
 
 import Model_Params
 from conftest import (TINY_TEXT, TINY_TRAIN_FLAGS, assert_checkpoints_load, assert_one_error_line, file_hashes,
-                      history, run_args, scripts_with_params, train_args)
+                      history, linux_only, run_args, scripts_with_params, train_args)
 from support.checkpoints import load_checkpoint
 
 KILLED = -9                      # returncode of a process ended by SIGKILL
@@ -111,6 +111,7 @@ def test_temp_file_of_a_killed_tokenization_is_removed_by_the_next_run(scripts, 
     assert list(cache_dir.glob("*.tokens.npy"))            # and the ids were cached as usual
 
 
+@linux_only("fills the disk with /dev/full, which fails every write as a full disk does")
 def test_full_disk_during_a_checkpoint_write_is_one_error_line_and_keeps_the_last_checkpoint(
         scripts, tiny_copy, tmp_path):
     weights = tmp_path / "full"
@@ -263,7 +264,7 @@ def test_your_own_text_just_works_replace_input_then_init_then_train(scripts, tm
     weights = project / "Saved_Weights"
     first_run = {}
     for text in (TINY_TEXT, TINY_TEXT.replace("fox", "cat").replace("dog", "hen")):
-        (project / "Train_Data" / "input.txt").write_text(text, encoding="utf-8")
+        (project / "Train_Data" / "input.txt").write_text(text, encoding="utf-8", newline="\n")
         for script in ("init.py", "train.py"):
             result = scripts.run(project / script, cwd=project)
             assert result.returncode == 0, result.stderr
@@ -370,6 +371,7 @@ def test_bad_training_text_is_one_error_line_and_existing_checkpoints_survive(sc
 
 # ──────────────────────────────────────── weights folder ────────────────────────────────────────
 
+@linux_only("needs /sys, a folder that refuses new files even to root")
 def test_weights_folder_that_cannot_be_written_is_reported_before_any_step(scripts, tiny_copy, tmp_path):
     # /sys refuses new files even to root (a chmod would not stop root, who runs CI).
     result = scripts.run("train.py", *train_args(tiny_copy, weights_dir="/sys"), cwd=tmp_path)

@@ -3,9 +3,10 @@
 Each process pays for importing torch, so related prompts share one stdin-mode process.
 """
 import contextlib
+import errno
+import io
 import math
 import os
-import pty
 import re
 import shutil
 import signal
@@ -19,8 +20,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import Model_Params
-from conftest import ON_CPU, REPO, TINY_TEXT, assert_one_error_line, run_script, run_tiny
+from conftest import (ON_CPU, REPO, TINY_TEXT, assert_one_error_line, needs_pty, needs_sigint, posix_only,
+                      run_script, run_tiny)
+import run
 from run import eval_windows, find_weights, parse_args
+from support import text_io
 from support.text_io import shown_length
 from tokenizer import Tokenizer
 
@@ -96,13 +100,54 @@ def test_a_prompt_longer_than_the_context_continues_as_its_last_block_size_token
     assert per_prompt[2] != per_prompt[1]
 
 
+@posix_only("starts run.py with no stdin at all (file descriptor 0 closed, as a shell's `<&-` leaves it)")
 def test_closed_stdin_exits_quietly(tiny):
     closed = subprocess.run(
-        ["bash", "-c", 'exec "$0" "$@" <&-', sys.executable, str(REPO / "run.py"),
-         "--weights", str(tiny["weights"]), "--tokenizer-dir", str(tiny["tokenizer_dir"])],
+        [sys.executable, str(REPO / "run.py"), "--weights", str(tiny["weights"]),
+         "--tokenizer-dir", str(tiny["tokenizer_dir"])], preexec_fn=lambda: os.close(0),
         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert closed.returncode == 0, closed.stderr
     assert closed.stdout == "" and "Traceback" not in closed.stderr
+
+
+class ReaderGone:
+    """A stdout whose reader went away (`| head`): every write fails with `error`. fileno: a file of ours,
+    which run.py points at devnull."""
+
+    def __init__(self, error: OSError, fd: int):
+        self.error, self.fd = error, fd
+
+    def write(self, text):
+        raise self.error
+
+    def flush(self):
+        pass
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("error, windows, quiet", [
+    (BrokenPipeError(errno.EPIPE, "Broken pipe"), False, True),
+    (OSError(errno.EINVAL, "Invalid argument"), True, True),      # how Windows says the pipe is closed
+    (OSError(errno.EINVAL, "Invalid argument"), False, False)])   # elsewhere a real error: raised as it is
+def test_stdout_closed_early_exits_1_quietly_also_as_windows_reports_it(tiny, tmp_path, monkeypatch, capsys,
+                                                                        error, windows, quiet):
+    monkeypatch.setattr(text_io, "WINDOWS", windows)
+    args = [str(a) for a in ("--weights", tiny["weights"], "--tokenizer-dir", tiny["tokenizer_dir"],
+                             "--prompt", "the quick", "--max-new-tokens", "5", *ON_CPU)]
+    with open(tmp_path / "stdout", "wb") as stdout, one_thread():
+        monkeypatch.setattr(sys, "stdout", ReaderGone(error, stdout.fileno()))
+        monkeypatch.setattr(sys, "stdin", io.StringIO())
+        if quiet:
+            assert run.main(args) == 1
+        else:
+            with pytest.raises(OSError):
+                run.main(args)
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_stop_text_ends_the_continuation_before_it(tiny):
@@ -161,6 +206,7 @@ def default_ctrl_c() -> None:
 
 def start_in_terminal(tiny, *args):
     """run.py with a pseudo-terminal as stdin, as when a person types. Returns (process, terminal fd)."""
+    import pty                        # POSIX only: the tests that come here are marked needs_pty
     terminal, stdin = pty.openpty()
     proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "--weights", str(tiny["weights"]),
                              "--tokenizer-dir", str(tiny["tokenizer_dir"]), *args],
@@ -193,6 +239,8 @@ def read_until_waiting_at_prompt(proc, prompts: int, timeout: float = 60) -> str
     return err
 
 
+@needs_pty
+@needs_sigint
 def test_interactive_session_streams_to_stdout_and_ctrl_c_exits_130(tiny):
     # (Ctrl-D is end of input, the same path as the end of piped stdin in the tests above.)
     proc, terminal = start_in_terminal(tiny, "--stop", r"\n", "--max-new-tokens", "20")
@@ -238,7 +286,7 @@ def parse_figures(stdout: str) -> dict:
 def test_eval_figures_match_a_hand_computation(tiny, tmp_path):
     text = TINY_TEXT[:300] + "unseen — 生存还是毁灭 🙂\n" + TINY_TEXT[-100:]
     path = tmp_path / "text.txt"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(text, encoding="utf-8", newline="\n")
     result = run_tiny(tiny, "--eval", path, *ON_CPU)          # the hand computation runs on the CPU
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
@@ -278,12 +326,12 @@ def copy_scripts(tmp_path):
 def test_edited_model_params_still_runs_the_trained_model_and_names_the_differences(tiny, tmp_path):
     scripts = copy_scripts(tmp_path)
     params = scripts / "Model_Params.py"
-    source = params.read_text()
+    source = params.read_text(encoding="utf-8")
     for name, value in tiny["config"].to_dict().items():     # Model_Params as at training time...
         source = re.sub(rf"^{name} = \S+", f"{name} = {value!r}", source, flags=re.M)
     source = source.replace(f"block_size = {BLOCK}", "block_size = 256")   # ...then edited
     source = source.replace("num_layers = 2", "num_layers = 12")
-    params.write_text(source)
+    params.write_text(source, encoding="utf-8")
     # Default weights folder beside the script, holding only weights-latest.pth: the fallback.
     (scripts / "Saved_Weights").mkdir()
     shutil.copy(tiny["weights"].with_name("weights-latest.pth"), scripts / "Saved_Weights")

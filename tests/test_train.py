@@ -192,7 +192,7 @@ def test_token_ids_are_cached_compactly_and_reused(tmp_path, monkeypatch):
     tokenizer = Tokenizer()
     tokenizer.train(TINY_TEXT, TINY_VOCAB)
     text_path = tmp_path / "text.txt"
-    text_path.write_text(TINY_TEXT, encoding="utf-8")
+    text_path.write_text(TINY_TEXT, encoding="utf-8", newline="\n")
     data_fp, say = id_cache.data_fingerprint(text_path, tokenizer), lambda msg: None
     first = id_cache.load_token_ids(text_path, data_fp, tokenizer, SINGLE, say)
     assert first.dtype == np.uint16 and first.tolist() == tokenizer.encode(TINY_TEXT)
@@ -311,7 +311,7 @@ def test_a_run_of_another_tokenizer_is_moved_aside_and_a_new_run_starts(tiny_tra
 
 def test_a_run_of_another_text_is_moved_aside_and_a_second_one_beside_it(tiny_trained, capsys, tmp_path):
     other = tmp_path / "other.txt"
-    other.write_text(TINY_TEXT.replace("fox", "cat"), encoding="utf-8")
+    other.write_text(TINY_TEXT.replace("fox", "cat"), encoding="utf-8", newline="\n")
     weights = copy_weights(tiny_trained, tmp_path)
     before = {name: file_hash(weights / name) for name in ("weights-latest.pth", "weights-best.pth", "loss_history.csv")}
     flags = (*tiny_trained["train_flags"], "--max_iters", "4", "--eval_interval", "2")
