@@ -21,10 +21,10 @@ from support.explain import explain
 from support.see_inside import attention_maps, context_starts, streamed_texts
 from support.see_inside_page import page_html, permille, write_eval_page, write_generation_page
 
-# Markup, an ampersand, both quotes, a right-to-left override and right-to-left scripts, a carriage
-# return, an emoji and a tab: the page must show all of it as text.
+# Markup, an ampersand, both quotes, a right-to-left override and right-to-left scripts, a lone carriage
+# return (a Windows line end, \r\n, is read as \n), an emoji and a tab: the page must show all of it as text.
 HOSTILE = ('<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> &amp; & "double" \'single\' '
-           '\u202eoverridden\u202c עברית العربية\r\n🙂 é\ttab\n')
+           '\u202eoverridden\u202c עברית العربية\r🙂 é\ttab\n')
 TEMPERATURE = 1.5
 
 
