@@ -79,7 +79,8 @@ def parse_args(argv, params) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, metavar="PATH", help="checkpoint file, or a folder: its "
                    "weights-best.pth, else its newest weights-*.pth, else pretrained.pth (default Saved_Weights/)")
     p.add_argument("--tokenizer-dir", type=Path, default=DEFAULT_TOKENIZER_DIR, metavar="DIR",
-                   help="tokenizer folder written by init.py (default tokenizer_save/)")
+                   help="tokenizer folder written by init.py, for a checkpoint that does not carry its own "
+                        "tokenizer (default tokenizer_save/)")
     p.add_argument("--device", default="auto", help="auto (default: cuda, else mps, else cpu), cpu, cuda, "
                    "cuda:N or mps")
     p.add_argument("--threads", type=count_value(0), default=1, metavar="N",
@@ -161,13 +162,12 @@ class Loaded:
 def load(args, params, weights: Path, why: str) -> Loaded:
     from support.checkpoints import load_trained_model
     from support.devices import pick_device
-    from tokenizer import Tokenizer
     try:
         device = pick_device(args.device)
     except ValueError as e:
         raise UserError(str(e)) from None
-    tokenizer = Tokenizer.load(args.tokenizer_dir)
-    model, ckpt = load_trained_model(weights, tokenizer.fingerprint(), device)
+    # The tokenizer the model was trained with: the checkpoint's own copy, or (an older file) --tokenizer-dir.
+    model, ckpt, tokenizer = load_trained_model(weights, args.tokenizer_dir, device)
     # Which file, why, what it holds; and what an edited Model_Params.py no longer matches.
     banner = describe_loaded(weights, why, model, ckpt, device, params)
     print("\n".join(banner), file=sys.stderr)
@@ -336,9 +336,6 @@ def main(argv=None) -> int:
             from support.see_inside_files import check_can_write
             check_can_write(args.attention, args.html)
         weights, why = find_weights(args.weights)
-        if not args.tokenizer_dir.is_dir():
-            raise UserError(f"no tokenizer in {args.tokenizer_dir}/ — run `python init.py` first, or restore "
-                            f"the shipped one (`git checkout tokenizer_save/`)")
         from support.checkpoints import CheckpointError   # imports torch
         from tokenizer import TokenizerError
         try:

@@ -302,6 +302,27 @@ class Tokenizer:
                           for name, content in files.items()})
 
     @classmethod
+    def from_merges(cls, merges, source) -> "Tokenizer":
+        """The tokenizer of these merges ([left_id, right_id] lists, as merges.json and a checkpoint
+        hold them), checked; a problem raises TokenizerError naming `source`."""
+        if not isinstance(merges, list) or len(merges) > MAX_VOCAB - NUM_BYTES:
+            raise TokenizerError(f"{source}: \"merges\" must be a list of [left_id, right_id]")
+        seen: dict[tuple[int, int], int] = {}
+        for i, item in enumerate(merges):
+            limit = NUM_BYTES + i  # a merge can only use the tokens made before it
+            if not (isinstance(item, (list, tuple)) and len(item) == 2
+                    and all(type(x) is int and 0 <= x < limit for x in item)):
+                raise TokenizerError(f"{source}: merge {i} is {item!r}; expected "
+                                     f"[left_id, right_id] with ids from 0 to {limit - 1}")
+            pair = (item[0], item[1])
+            if pair in seen:  # training never merges a pair twice
+                raise TokenizerError(f"{source}: merge {i} {item!r} repeats merge {seen[pair]}")
+            seen[pair] = i
+        tok = cls()
+        tok._set_merges(merges)
+        return tok
+
+    @classmethod
     def load(cls, directory) -> "Tokenizer":
         """Read a tokenizer written by `save`; a missing or bad file raises TokenizerError."""
         directory = Path(directory)
@@ -309,21 +330,7 @@ class Tokenizer:
             raise TokenizerError(f"no tokenizer in {directory}/ — run `python init.py` first")
         path = directory / "merges.json"
         merges = _read_json(path, "merges")["merges"]
-        if not isinstance(merges, list) or len(merges) > MAX_VOCAB - NUM_BYTES:
-            raise TokenizerError(f"{path}: \"merges\" must be a list of [left_id, right_id]")
-        seen: dict[tuple[int, int], int] = {}
-        for i, item in enumerate(merges):
-            limit = NUM_BYTES + i  # a merge can only use the tokens made before it
-            if not (isinstance(item, list) and len(item) == 2
-                    and all(type(x) is int and 0 <= x < limit for x in item)):
-                raise TokenizerError(f"{path}: merge {i} is {item!r}; expected "
-                                     f"[left_id, right_id] with ids from 0 to {limit - 1}")
-            pair = (item[0], item[1])
-            if pair in seen:  # training never merges a pair twice
-                raise TokenizerError(f"{path}: merge {i} {item!r} repeats merge {seen[pair]}")
-            seen[pair] = i
-        tok = cls()
-        tok._set_merges(merges)
+        tok = cls.from_merges(merges, path)
 
         path = directory / "vocab_size.json"
         size = _read_json(path, "vocab_size")["vocab_size"]

@@ -2,6 +2,7 @@
 
     python train.py                              # Model_Params defaults, Train_Data/input.txt
     python train.py --emb-len 128 --max-minutes 5
+    python train.py --init-from Saved_Weights/pretrained.pth   # fine-tune the shipped model on your text
     torchrun --nproc_per_node 2 train.py         # same flags, one process per CPU/GPU (DDP)
 
 Training is one loop, in `train` below: draw a batch of random windows of the text; ask the model to
@@ -12,6 +13,15 @@ score the validation text and save. Read the file top to bottom: the three parts
 the model and optimizer (fresh, or exactly as weights-latest.pth left them) and runs the loop. What
 a real run needs around the idea (torchrun, mixed precision, the time budget, Ctrl-C, checkpoint
 files) is one named call each into support/; a reader may skip those on a first read.
+
+Pretraining and fine-tuning. From random weights (pretraining) the model must learn spelling, words
+and grammar from your text alone, and a small text is too little for that. `--init-from
+Saved_Weights/pretrained.pth` starts instead from a model that knows them (its shape, weights and
+tokenizer) and trains it on your text: fine-tuning. Its rates are lower and its run shorter
+(FINE_TUNING), so that the steps adjust what the model knows instead of overwriting it. Watch the
+figures: while validation falls with the training loss, the model learns the text; when the training
+loss goes on falling but validation rises (in the printed lines and loss.png), it has begun to learn
+the training text by heart: overfitting. weights-best.pth keeps the weights from before that began.
 
 What the figures mean (see `evaluate`): loss per token is the mean negative log-likelihood (NLL, in
 nats) of the scored tokens, i.e. how surprised the model is by each next token. nats/char = total
@@ -33,9 +43,9 @@ from tqdm import tqdm
 
 from Model import ModelConfig, Transformer
 from support.bpe_dropout import merge_parts, split_tokens
-from support.checkpoints import (BEST, LATEST, CheckpointError, best_checkpoint, check_writable, load_resume_state,
-                                 move_run_aside, remove_leftover_temps, restore_training_state, save_atomic,
-                                 save_resume_state)
+from support.checkpoints import (BEST, LATEST, CheckpointError, best_checkpoint, check_writable, checkpoint_tokenizer,
+                                 load_checkpoint, load_resume_state, move_run_aside, remove_leftover_temps,
+                                 restore_training_state, save_atomic, save_resume_state)
 from support.devices import DTYPES, autocast, choose_dtype
 from support.distributed import (SINGLE, all_reduce_sum, barrier, end_processes, gradient_sync, launched_rank,
                                  model_for_training, start_processes)
@@ -52,6 +62,11 @@ from support import time_budget
 from tokenizer import Tokenizer, TokenizerError
 
 REPO = Path(__file__).resolve().parent
+# With --init-from (fine-tuning), these defaults replace Model_Params' for the settings not given as
+# flags: a model that already knows the language needs gentler steps, and few of them, to learn a new
+# text without forgetting what it knew (measured: docs/EXPERIMENTS.md, "Fine-tuning").
+FINE_TUNING = {"learning_rate": 6e-4, "muon_lr": 0.005, "warmup_iters": 20, "max_epochs": 8.0}
+SHAPE = ("block_size", "emb_len", "num_layers", "num_heads", "positions")   # a checkpoint's, with --init-from
 GRAD_CLIP = 1.0            # the gradient's global norm is clipped to this: one bad batch cannot throw the weights far
 EVAL_WINDOWS = 200         # validation windows scored at each evaluation, the same ones every time
 FINAL_EVAL_TOKENS = 1_000_000   # most validation tokens the final evaluation scores (spread over the split)
@@ -121,6 +136,10 @@ def build_parser():
 def parse_settings(argv):
     """The run's settings: Model_Params defaults, overridden by flags, checked for sense."""
     cfg = build_parser().parse_args(argv)
+    cfg.given = {arg.partition("=")[0][2:].replace("-", "_") for arg in argv if arg.startswith("--")}
+    if cfg.init_from:
+        for name, value in FINE_TUNING.items():
+            setattr(cfg, name, getattr(cfg, name) if name in cfg.given else value)
     check_train_settings(cfg)
     return cfg
 
@@ -128,7 +147,7 @@ def parse_settings(argv):
 def train_config(cfg, world_size: int) -> dict:
     """The settings worth recording in a checkpoint, as plain values."""
     return {**{name: getattr(cfg, name) for name in NEEDED_PARAMS},
-            "seed": cfg.seed, "world_size": world_size, "dtype": cfg.dtype}
+            "seed": cfg.seed, "world_size": world_size, "dtype": cfg.dtype, "init_from": cfg.init_from}
 
 
 # ────────────────────────────────────────────── data ───────────────────────────────────────────────
@@ -155,6 +174,43 @@ def steps_in_schedule(cfg, n_train_tokens: int, world_size: int) -> int:
     return min(cfg.max_iters, max(1, math.ceil(cfg.max_epochs * n_train_tokens / tokens_per_step)))
 
 
+# ───────────────────────────────── starting from a trained model ─────────────────────────────────
+
+def fine_tuning_start(cfg, weights_dir: Path):
+    """--init-from PATH -> (the checkpoint, its tokenizer, the model config): the checkpoint's shape
+    with this run's dropout, and its block_size where its positions allow. The run's settings take
+    that shape too. Shape flags that contradict the checkpoint are a one-line error."""
+    path = Path(cfg.init_from)
+    if path.resolve() in ((weights_dir / BEST).resolve(), (weights_dir / LATEST).resolve()):
+        raise UserError(f"--init-from {path} is a file this run would write — copy it elsewhere, or pass "
+                        f"another --weights-dir")
+    source = load_checkpoint(path)
+    tokenizer = checkpoint_tokenizer(source, path, cfg.tokenizer_dir)
+    shape = dict(source["model_config"])
+    clash = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in SHAPE
+             if name in cfg.given and name != "block_size" and getattr(cfg, name) != shape[name]]
+    if clash:
+        raise UserError(f"{', '.join(clash)}: with --init-from the model's shape comes from {path} ("
+                        + ", ".join(f"{name} {shape[name]}" for name in SHAPE) + ") — drop those flags")
+    if "block_size" in cfg.given:
+        if shape["positions"] == "learned" and cfg.block_size > shape["block_size"]:
+            raise UserError(f"--block-size {cfg.block_size} is beyond the learned position table of {path} "
+                            f"({shape['block_size']} positions) — use at most {shape['block_size']}")
+        shape["block_size"] = cfg.block_size
+    config = ModelConfig.from_dict({**shape, "dropout": cfg.dropout})
+    for name in SHAPE:               # from here on the settings name the model this run trains
+        setattr(cfg, name, getattr(config, name))
+    return source, tokenizer, config
+
+
+def starting_weights(source: dict, config: ModelConfig) -> dict:
+    """The checkpoint's weights in float32, its learned position table cut to block_size rows."""
+    state = {name: t.float() if t.is_floating_point() else t for name, t in source["model"].items()}
+    if config.positions == "learned":
+        state["pos_emb.weight"] = state["pos_emb.weight"][:config.block_size]
+    return state
+
+
 # ──────────────────────────────────────────── the run ──────────────────────────────────────────────
 
 def train(cfg, procs, device, started: float) -> int:
@@ -166,11 +222,15 @@ def train(cfg, procs, device, started: float) -> int:
     folder_lock = hold_folder(weights_dir, say) if procs.is_main else None   # noqa: F841 (held while we run)
 
     # The data: the text as token ids (tokenized once, then cached), split 90/10 by position.
-    tokenizer = Tokenizer.load(cfg.tokenizer_dir)
+    source = None                    # fine-tuning: the checkpoint the model starts from, and its tokenizer
+    if cfg.init_from:
+        source, tokenizer, config = fine_tuning_start(cfg, weights_dir)
+    else:
+        tokenizer = Tokenizer.load(cfg.tokenizer_dir)
+        config = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size, emb_len=cfg.emb_len,
+                             num_layers=cfg.num_layers, num_heads=cfg.num_heads, dropout=cfg.dropout,
+                             positions=cfg.positions)
     data_fp = data_fingerprint(input_path, tokenizer)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size, emb_len=cfg.emb_len,
-                         num_layers=cfg.num_layers, num_heads=cfg.num_heads, dropout=cfg.dropout,
-                         positions=cfg.positions)
     resumed = None                   # checked before tokenizing: a resume that cannot work fails at once
     if (weights_dir / LATEST).exists() and not cfg.fresh:
         # None when it is a run of another text or tokenizer (say, after init.py on your own text).
@@ -190,7 +250,10 @@ def train(cfg, procs, device, started: float) -> int:
     # that every process keeps in step (all draw the same step's batch, each takes its slice); dropout
     # masks independent per process.
     torch.manual_seed(cfg.seed)
-    model = Transformer(config).to(device)
+    model = Transformer(config)
+    if source is not None:           # fine-tuning: what the checkpoint learned is where this run starts
+        model.load_state_dict(starting_weights(source, config))
+    model = model.to(device)
     batches = torch.Generator().manual_seed(cfg.seed + 1)
     torch.manual_seed(cfg.seed + 2 + procs.rank)
     optimizer = configure_optimizer(model, cfg.learning_rate, cfg.weight_decay, optimizer=cfg.optimizer,
@@ -271,7 +334,7 @@ def train(cfg, procs, device, started: float) -> int:
                 bar.set_postfix_str(f"loss {step_loss:.3f}, lr {lr:.2e}, {tokens_per_s:,.0f} tok/s", refresh=False)
                 if stop_votes and stop.requested:               # Ctrl-C: save where we are, and go
                     save_resume_state(weights_dir / LATEST, model, optimizer, scaler, batches, procs, device,
-                                      step, best_val, budget.minutes_so_far(), data_fp, tokenizer.fingerprint(),
+                                      step, best_val, budget.minutes_so_far(), data_fp, tokenizer,
                                       train_config(cfg, procs.world_size))
                     say(f"stopped at step {step}; saved {weights_dir / LATEST} — run train.py again to resume")
                     return 128 + stop.signum
@@ -287,12 +350,12 @@ def train(cfg, procs, device, started: float) -> int:
                     best_val = result.nats_per_char if improved else best_val
                     train_loss, losses = sum(losses) / len(losses), []
                     if improved and procs.is_main:
-                        save_atomic(best_checkpoint(model, step, result, tokenizer.fingerprint(),
+                        save_atomic(best_checkpoint(model, step, result, tokenizer,
                                                     train_config(cfg, procs.world_size)), weights_dir / BEST)
                     if procs.is_main:
                         record(weights_dir, step, budget.minutes_so_far(), lr, train_loss, result, "windows", say)
                     save_resume_state(weights_dir / LATEST, model, optimizer, scaler, batches, procs, device,
-                                      step, best_val, budget.minutes_so_far(), data_fp, tokenizer.fingerprint(),
+                                      step, best_val, budget.minutes_so_far(), data_fp, tokenizer,
                                       train_config(cfg, procs.world_size))
                     saved_step = step
                     say(f"step {step}: train {train_loss:.4f}, val {result.figures()}"

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from Model import ModelConfig, Transformer
+from tokenizer import Tokenizer
 from support.distributed import gather
 from support.files import atomic_write, held_open, held_open_line, remove_stale_temps, write_failure
 from support.history import HISTORY_CSV, HISTORY_PNG
@@ -127,12 +128,31 @@ def check_tokenizer_fingerprint(ckpt: dict, tokenizer_fingerprint: str, path) ->
                               f"with, or retrain with `python train.py`")
 
 
-def load_trained_model(path, tokenizer_fingerprint: str, device) -> tuple[Transformer, dict]:
-    """A checkpoint made with this tokenizer -> (its model in eval mode on device, the checkpoint).
-    What run.py runs; problems raise CheckpointError naming the file."""
+def checkpoint_tokenizer(ckpt: dict, path, tokenizer_dir) -> Tokenizer:
+    """The tokenizer a checkpoint's model was trained with: its own copy (the merges, which checkpoints
+    carry since they were first written with them: one .pth is then a whole model), or else the one in
+    tokenizer_dir, which must be that tokenizer (same fingerprint)."""
+    if "tokenizer_merges" in ckpt:
+        if not isinstance(ckpt["tokenizer_merges"], torch.Tensor):
+            raise CheckpointError(f"{path}: 'tokenizer_merges' is not a tensor of merges")
+        tokenizer = Tokenizer.from_merges(ckpt["tokenizer_merges"].tolist(), path)
+    else:
+        tokenizer = Tokenizer.load(tokenizer_dir)
+    check_tokenizer_fingerprint(ckpt, tokenizer.fingerprint(), path)
+    return tokenizer
+
+
+def load_trained_model(path, tokenizer_dir, device) -> tuple[Transformer, dict, Tokenizer]:
+    """A trained checkpoint -> (its model in eval mode on device, the checkpoint, its tokenizer).
+    What run.py runs; problems raise CheckpointError or TokenizerError naming the file."""
     ckpt = load_checkpoint(path)
-    check_tokenizer_fingerprint(ckpt, tokenizer_fingerprint, path)
-    return model_from_checkpoint(ckpt, device, path), ckpt
+    tokenizer = checkpoint_tokenizer(ckpt, path, tokenizer_dir)
+    return model_from_checkpoint(ckpt, device, path), ckpt, tokenizer
+
+
+def merges_tensor(tokenizer: Tokenizer) -> torch.Tensor:
+    """(merges, 2) int32: the tokenizer as a checkpoint carries it."""
+    return torch.tensor(tokenizer.merges, dtype=torch.int32).reshape(-1, 2)
 
 
 # ─────────────────────────────── train.py's resume state ───────────────────────────────
@@ -233,7 +253,8 @@ def changed_settings(ckpt: dict, train_config: dict) -> list[str]:
 
 
 def save_resume_state(path: Path, model, optimizer, scaler, batches: torch.Generator, procs, device, step: int,
-                      best_val: float | None, minutes: float, data_fp: str, tokenizer_fp: str, train_config: dict) -> None:
+                      best_val: float | None, minutes: float, data_fp: str, tokenizer: Tokenizer,
+                      train_config: dict) -> None:
     """weights-latest.pth: the best file's fields plus optimizer, gradient scaler, the random generators
     (the batch generator, and every process's dropout generator, gathered to rank 0), the input's
     fingerprint and the minutes used: all an exact resume needs. Written by rank 0, whole or not at all."""
@@ -241,20 +262,21 @@ def save_resume_state(path: Path, model, optimizer, scaler, batches: torch.Gener
     if procs.is_main:
         save_atomic({"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "latest",
                      "model_config": model.config.to_dict(), "model": model.state_dict(),
-                     "tokenizer_fingerprint": tokenizer_fp, "step": step,
-                     "val_nats_per_char": best_val, "best_val": best_val,
+                     "tokenizer_fingerprint": tokenizer.fingerprint(), "tokenizer_merges": merges_tensor(tokenizer),
+                     "step": step, "val_nats_per_char": best_val, "best_val": best_val,
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                      "train_config": train_config, "data_fingerprint": data_fp,
                      "rng": {"batches": batches.get_state()}, "rng_per_rank": rng_per_rank, "minutes": minutes},
                     path)
 
 
-def best_checkpoint(model, step: int, result, tokenizer_fp: str, train_config: dict) -> dict:
-    """weights-best.pth: what run.py needs (weights, config, tokenizer fingerprint) and the
-    validation figures (result: an EvalResult) that made it the best."""
+def best_checkpoint(model, step: int, result, tokenizer: Tokenizer, train_config: dict) -> dict:
+    """weights-best.pth: what run.py needs (weights, config, the tokenizer's merges and fingerprint)
+    and the validation figures (result: an EvalResult) that made it the best."""
     return {"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "best",
             "model_config": model.config.to_dict(), "model": model.state_dict(),
-            "tokenizer_fingerprint": tokenizer_fp, "step": step,
+            "tokenizer_fingerprint": tokenizer.fingerprint(), "tokenizer_merges": merges_tensor(tokenizer),
+            "step": step,
             "val_nats_per_char": result.nats_per_char, "val_bits_per_char": result.bits_per_char,
             "val_loss_per_token": result.loss_per_token, "train_config": train_config}
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from support.checkpoints import LATEST, changed_settings
 
+# Fewer training tokens than this, from scratch: a note says what did better on such a text (a 250 KB
+# novel gives about 60,000 with the 4,096-token vocabulary; the plays, 330,000).
+SMALL_TEXT_TOKENS = 150_000
+
 
 def describe(cfg, procs, device, amp_dtype, tokenizer, model, train_ids, val_ids, last_step: int,
              resumed: dict | None, train_config: dict, say) -> None:
@@ -16,6 +20,10 @@ def describe(cfg, procs, device, amp_dtype, tokenizer, model, train_ids, val_ids
     say(f"model: {cfg.num_layers} layers × {cfg.emb_len} wide × {cfg.num_heads} heads, {cfg.positions} positions, "
         f"context {cfg.block_size}, vocab {tokenizer.vocab_size} — {model.num_params():,} parameters")
     say(f"data: {cfg.input} — {len(train_ids):,} training and {len(val_ids):,} validation tokens")
+    if not cfg.init_from and len(train_ids) < SMALL_TEXT_TOKENS:
+        say(f"note: {len(train_ids):,} training tokens are little to learn a language from nothing: on a 250 KB "
+            f"novel, fine-tuning the shipped model (--init-from Saved_Weights/pretrained.pth) did better, and "
+            f"so did a smaller vocabulary (python init.py --vocab-size 1024) — docs/EXPERIMENTS.md")
     windows = cfg.batch_size * cfg.grad_accum_steps * procs.world_size
     say(f"global batch: {windows} windows = batch_size {cfg.batch_size} × grad_accum_steps "
         f"{cfg.grad_accum_steps} × {procs.world_size} process(es) = {windows * cfg.block_size:,} tokens/step")
@@ -31,5 +39,8 @@ def describe(cfg, procs, device, amp_dtype, tokenizer, model, train_ids, val_ids
         changed = changed_settings(resumed, train_config)
         if changed:
             say(f"note: settings changed since the checkpoint: {', '.join(changed)}")
+    elif cfg.init_from:
+        say(f"fine-tuning {cfg.init_from}: its shape, weights and tokenizer, with a fresh optimizer (the "
+            f"fine-tuning defaults unless given: see train.py)")
     else:
         say("starting fresh")

@@ -129,7 +129,7 @@ def test_training_writes_both_checkpoints_history_and_nothing_else(tiny_trained)
     assert rows[-1]["eval"] == "full" and int(rows[-1]["val_tokens"]) > int(rows[0]["val_tokens"])
     err = tiny_trained["train_stderr"]
     for fact in ("device cpu", "parameters", "training and", "global batch: 8 windows", "starting fresh",
-                 "bits/char", "whole validation split"):
+                 "bits/char", "whole validation split", "little to learn a language from nothing"):
         assert fact in err
 
 
@@ -214,7 +214,7 @@ def test_overrides_are_parsed_with_the_defaults_types():
     assert train.parse_settings([]).max_iters == Model_Params.max_iters
 
 
-def test_help_lists_every_setting_once_in_one_spelling_at_most_25_options_and_no_sampling_setting():
+def test_help_lists_every_setting_once_in_one_spelling_in_26_options_at_most_and_no_sampling_setting():
     text = train.build_parser().format_help()
     for name in train.NEEDED_PARAMS:
         assert f"--{name.replace('_', '-')} " in text, name
@@ -222,7 +222,7 @@ def test_help_lists_every_setting_once_in_one_spelling_at_most_25_options_and_no
     for flag in ("--input", "--tokenizer-dir", "--weights-dir", "--max-minutes", "--device", "--seed", "--fresh",
                  "--positions", "--grad-accum-steps", "--muon-lr"):
         assert flag in text
-    assert len(re.findall(r"^  --", text, re.MULTILINE)) <= 25
+    assert len(re.findall(r"^  --", text, re.MULTILINE)) <= 26
     for sampling in ("--temperature", "--top-k", "--top-p", "--max-new-tokens"):   # run.py's settings
         assert sampling not in text
         with pytest.raises(train.UserError, match="unrecognized arguments"):
@@ -621,3 +621,80 @@ def test_an_old_run_that_used_a_removed_extra_resumes_and_says_it_goes_on_withou
     assert code == 0, err
     assert "teacher teacher.pth -> removed, ema_decay 0.998 -> removed" in err
     assert load_checkpoint(weights / "weights-latest.pth")["step"] == 62
+
+
+# ─────────────────────────────────── fine-tuning: --init-from ───────────────────────────────────
+
+def test_init_from_fine_tunes_a_checkpoint_with_its_tokenizer_whatever_tokenizer_save_holds(
+        tiny_trained, tmp_path, capsys, monkeypatch):
+    source = tiny_trained["weights_dir"] / "weights-best.pth"
+    before = file_hash(source)
+    other = Tokenizer()                                   # what init.py on another text would leave
+    other.train("a completely different text, with other merges " * 20, 280)
+    other.save(tmp_path / "other")
+    flags = ("--init-from", source, "--max-iters", "6", "--eval-interval", "3", "--dropout", "0.1")
+    fine = paths(tiny_trained, tmp_path / "fine", **{"tokenizer-dir": tmp_path / "other"})
+    code, err = call_main(capsys, *fine, *flags)
+    assert code == 0, err
+    assert f"fine-tuning {source}" in err and "optimizer: Muon (peak lr 0.005)" in err    # fine-tuning defaults
+    assert "context 16, vocab 300" in err                 # the checkpoint's shape and tokenizer, not Model_Params'
+    assert "little to learn a language" not in err        # the small-text note is for a start from nothing
+    latest = load_checkpoint(tmp_path / "fine" / "weights-latest.pth")
+    assert latest["tokenizer_fingerprint"] == Tokenizer.load(tiny_trained["tokenizer_dir"]).fingerprint()
+    assert latest["train_config"]["init_from"] == str(source) and latest["train_config"]["learning_rate"] == 6e-4
+    # It started from the checkpoint: its first evaluation is already as good as the source's.
+    first = history(tmp_path / "fine")[0]
+    assert float(first["val_nats_per_char"]) < 2 * load_checkpoint(source)["val_nats_per_char"]
+    # The same command, stopped by Ctrl-C and rerun, resumes to the very same weights.
+    press_ctrl_c_during_step(monkeypatch, 4)
+    parts = paths(tiny_trained, tmp_path / "parts", **{"tokenizer-dir": tmp_path / "other"})
+    assert call_main(capsys, *parts, *flags)[0] == 130
+    monkeypatch.undo()
+    code, err = call_main(capsys, *parts, *flags)
+    assert code == 0 and "resuming from" in err, err
+    resumed = load_checkpoint(tmp_path / "parts" / "weights-latest.pth")
+    assert all(torch.equal(t, resumed["model"][name]) for name, t in latest["model"].items())
+    assert file_hash(source) == before                    # the source is only read
+    # run.py runs the fine-tuned model with the tokenizer it was trained with, whatever tokenizer_save holds.
+    ran = run_script("run.py", "--weights", tmp_path / "fine", "--tokenizer-dir", tmp_path / "other",
+                     "--prompt", "the quick", "--max-new-tokens", "5", "--seed", "1", "--device", "cpu")
+    assert ran.returncode == 0 and "weights-best.pth" in ran.stderr, ran.stderr
+
+
+def test_init_from_refuses_in_one_line_what_cannot_work(tiny_trained, tmp_path, capsys):
+    source = tiny_trained["weights_dir"] / "weights-best.pth"
+    learned = tmp_path / "learned"
+    assert call_main(capsys, *paths(tiny_trained, learned), *SMALL, "--positions", "learned", "--max-iters", "1")[0] == 0
+    older = load_checkpoint(source)
+    del older["tokenizer_merges"]
+    torch.save(older, tmp_path / "older.pth")
+    Tokenizer().save(tmp_path / "bytes-only")
+    cases = [((source, "--emb-len", "64", "--num-heads", "4"),
+              ["--emb-len 64, --num-heads 4: with --init-from the model's shape comes from", "emb_len 32"]),
+             ((learned / "weights-best.pth", "--block-size", "32"),
+              ["--block-size 32 is beyond the learned position table", "use at most 16"]),
+             ((tmp_path / "older.pth", "--tokenizer-dir", tmp_path / "bytes-only"),
+              ["older.pth: trained with a different tokenizer"]),
+             ((tmp_path / "missing.pth",), ["missing.pth: no such checkpoint"]),
+             ((tiny_trained["weights_dir"] / "weights-latest.pth", "--weights-dir", tiny_trained["weights_dir"]),
+              ["is a file this run would write"])]
+    for (path, *extra), fragments in cases:
+        code, err = call_main(capsys, *paths(tiny_trained, tmp_path / "w"), "--init-from", path, *extra)
+        assert_one_error_line(code, err, *fragments)
+    assert not (tmp_path / "w").exists() or not list((tmp_path / "w").glob("*.pth"))
+
+
+@pytest.mark.parametrize("tokenizer_save", ["as shipped", "after init.py on another text"])
+def test_fine_tuning_the_shipped_model_encodes_the_text_with_its_tokenizer(tiny_trained, tmp_path, tokenizer_save):
+    shipped = REPO / "Saved_Weights" / "pretrained.pth"
+    source = load_checkpoint(shipped)
+    folder = REPO / "tokenizer_save" if tokenizer_save == "as shipped" else tiny_trained["tokenizer_dir"]
+    before = file_hash(shipped)
+    result = run_script("train.py", "--init-from", shipped, "--input", tiny_trained["input"], "--tokenizer-dir",
+                        folder, "--weights-dir", tmp_path / "w", "--max-iters", "2", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert f"vocab {source['model_config']['vocab_size']}" in result.stderr
+    best = load_checkpoint(tmp_path / "w" / "weights-best.pth")
+    assert best["tokenizer_fingerprint"] == source["tokenizer_fingerprint"]
+    assert best["model_config"] == {**source["model_config"], "dropout": Model_Params.dropout}
+    assert file_hash(shipped) == before

@@ -25,6 +25,7 @@ from support.distributed import Processes
 from support.history import HISTORY_CSV, read_history, record
 from support.scoring import EvalResult
 from support.settings import UserError
+from tokenizer import Tokenizer
 
 WAIT_S = 60           # generous: a busy 2-core machine
 
@@ -344,7 +345,7 @@ def test_resume_on_mps_restores_the_mps_generator_so_dropout_draws_continue_exac
     torch.rand(5, generator=mps_generator)                         # some training has drawn from it
     path = tmp_path / checkpoints.LATEST
     save_resume_state(path, model, optimizer, scaler, batches, Processes(), device, step=3, best_val=None,
-                      minutes=0.1, data_fp="d", tokenizer_fp="t", train_config={})
+                      minutes=0.1, data_fp="d", tokenizer=Tokenizer(), train_config={})
     next_draws = torch.rand(5, generator=mps_generator)           # what an uninterrupted run draws next
     torch.rand(50, generator=mps_generator)                        # a new process: anywhere else
     ckpt = torch.load(path, weights_only=True)
