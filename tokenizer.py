@@ -120,11 +120,10 @@ _ESCAPED_RE = re.compile(r"(?:<0x[0-9A-F]{2}>)+")
 def token_text(token: bytes) -> str:
     """How a token's bytes are shown in the JSON files and by `split` (see the module docstring)."""
     try:
-        text = token.decode("utf-8")
+        if not (text := token.decode("utf-8")).startswith(_ESCAPE_PREFIX):
+            return text
     except UnicodeDecodeError:
-        text = None
-    if text is not None and not text.startswith(_ESCAPE_PREFIX):
-        return text
+        pass
     return "".join(f"<0x{b:02X}>" for b in token)
 
 
@@ -243,8 +242,7 @@ class Tokenizer:
     def encode_file(self, path, workers: int = 1, range_bytes: int | None = None, progress=False):
         """Yield the ids of a UTF-8 file as arrays of self.typecode, in file order, one per range of
         about range_bytes (default 4 MB), encoded on `workers` processes, in bounded memory (see
-        support/corpus.py). Joined, they equal encode(whole text), each "\r\n" read as "\n" (a file
-        with Windows line ends gives the ids of its LF twin). Bad UTF-8: TokenizerError."""
+        support/corpus.py). Joined, they equal encode(whole text, "\r\n" read as "\n"). Bad UTF-8: TokenizerError."""
         return encode_file(self.encode_pieces, self.typecode, path, workers, range_bytes, progress)
 
     def decode_bytes(self, ids) -> bytes:
@@ -303,14 +301,13 @@ class Tokenizer:
 
     @classmethod
     def from_merges(cls, merges, source) -> "Tokenizer":
-        """The tokenizer of these merges ([left_id, right_id] lists, as merges.json and a checkpoint
-        hold them), checked; a problem raises TokenizerError naming `source`."""
+        """The tokenizer of these [left_id, right_id] merges, checked; a problem is a TokenizerError naming source."""
         if not isinstance(merges, list) or len(merges) > MAX_VOCAB - NUM_BYTES:
             raise TokenizerError(f"{source}: \"merges\" must be a list of [left_id, right_id]")
         seen: dict[tuple[int, int], int] = {}
         for i, item in enumerate(merges):
             limit = NUM_BYTES + i  # a merge can only use the tokens made before it
-            if not (isinstance(item, (list, tuple)) and len(item) == 2
+            if not (isinstance(item, list) and len(item) == 2
                     and all(type(x) is int and 0 <= x < limit for x in item)):
                 raise TokenizerError(f"{source}: merge {i} is {item!r}; expected "
                                      f"[left_id, right_id] with ids from 0 to {limit - 1}")
@@ -329,14 +326,13 @@ class Tokenizer:
         if not directory.is_dir():
             raise TokenizerError(f"no tokenizer in {directory}/ — run `python init.py` first")
         path = directory / "merges.json"
-        merges = _read_json(path, "merges")["merges"]
-        tok = cls.from_merges(merges, path)
+        tok = cls.from_merges(_read_json(path, "merges")["merges"], path)
 
         path = directory / "vocab_size.json"
         size = _read_json(path, "vocab_size")["vocab_size"]
         if type(size) is not int or size != tok.vocab_size:
             raise TokenizerError(f"{path}: vocab_size is {size!r}, but merges.json has "
-                                 f"{len(merges)} merges, which make {tok.vocab_size} tokens")
+                                 f"{len(tok.merges)} merges, which make {tok.vocab_size} tokens")
 
         for name, expected in (("itos.json", tok._itos()), ("stoi.json", tok._stoi())):
             path = directory / name
@@ -376,8 +372,7 @@ def _read_json(path: Path, key: str | None = None):
                                  f"pairs of its own token ids, no format_version), which this code does "
                                  f"not read — run `python init.py` to make a tokenizer in this format")
         if not isinstance(data, dict) or "format_version" not in data or key not in data:
-            raise TokenizerError(f"{path}: expected an object with \"format_version\" "
-                                 f"and \"{key}\"")
+            raise TokenizerError(f"{path}: expected an object with \"format_version\" and \"{key}\"")
         if data["format_version"] != FORMAT_VERSION:
             raise TokenizerError(f"{path}: format_version {data['format_version']!r} is not "
                                  f"supported (this code reads version {FORMAT_VERSION})")
