@@ -292,6 +292,10 @@ def train(cfg, procs, device, started: float) -> int:
         start_history(weights_dir, step if resumed else None)
 
     # ───────────────────────────── the loop ─────────────────────────────
+    def save_latest() -> None:       # weights-latest.pth: everything an exact resume needs, as of now
+        save_resume_state(weights_dir / LATEST, model, optimizer, scaler, batches, procs, device, step, best_val,
+                          budget.minutes_so_far(), data_fp, tokenizer, train_config(cfg, procs.world_size))
+
     train_model = model_for_training(model, procs, device)     # under torchrun: DDP averages the gradients
     bar = tqdm(total=horizon, initial=step, desc="training", unit="step", file=sys.stderr,
                disable=not procs.is_main or at_end, dynamic_ncols=True, mininterval=1.0)
@@ -333,9 +337,7 @@ def train(cfg, procs, device, started: float) -> int:
                     * procs.world_size * cfg.block_size
                 bar.set_postfix_str(f"loss {step_loss:.3f}, lr {lr:.2e}, {tokens_per_s:,.0f} tok/s", refresh=False)
                 if stop_votes and stop.requested:               # Ctrl-C: save where we are, and go
-                    save_resume_state(weights_dir / LATEST, model, optimizer, scaler, batches, procs, device,
-                                      step, best_val, budget.minutes_so_far(), data_fp, tokenizer,
-                                      train_config(cfg, procs.world_size))
+                    save_latest()
                     say(f"stopped at step {step}; saved {weights_dir / LATEST} — run train.py again to resume")
                     return 128 + stop.signum
                 at_end = bool(stop_votes) or step == horizon   # out of time, or at the schedule's end
@@ -354,9 +356,7 @@ def train(cfg, procs, device, started: float) -> int:
                                                     train_config(cfg, procs.world_size)), weights_dir / BEST)
                     if procs.is_main:
                         record(weights_dir, step, budget.minutes_so_far(), lr, train_loss, result, "windows", say)
-                    save_resume_state(weights_dir / LATEST, model, optimizer, scaler, batches, procs, device,
-                                      step, best_val, budget.minutes_so_far(), data_fp, tokenizer,
-                                      train_config(cfg, procs.world_size))
+                    save_latest()
                     saved_step = step
                     say(f"step {step}: train {train_loss:.4f}, val {result.figures()}"
                         f"{' (best, saved)' if improved else ''}")
