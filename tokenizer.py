@@ -19,27 +19,34 @@ and stoi.json (id -> token text and back; checked against merges.json on loading
 token's bytes as text when they are valid UTF-8, else one `<0xHH>` per byte, e.g. "<0xE2><0x80>"
 (part of a character); a token whose real text starts with "<0x" is escaped too, so the form is
 lossless and unambiguous.
+
+A tokenizer imported from GPT-2 (support/gpt2_tokenizer.py) is this BPE with three differences, all
+off for those trained here: its byte tokens come in another order (`byte_order[i]` is the byte of
+id i); special tokens such as "<|endoftext|>" follow the merges (ids no text encodes to unless
+`allowed_special`); and it pre-splits with GPT-2's own pattern (GPT2_SPLIT_PATTERN).
 """
 
 import hashlib
 import json
-import operator
 import re
 import sys
 from array import array
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from support import fast_bpe
 from support.corpus import (TokenizerError, count_chunks, encode_file, surrogate_error, text_blocks,
                             token_dtype)
-from support.files import atomic_write_all, read_problem
+from support.files import atomic_write_all
+from support.tokenizer_files import check_definition, difference, is_token_id, read_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1        # of a tokenizer trained here; 2: with an imported tokenizer's differences
 NUM_BYTES = 256           # the base tokens: one per byte value
-MAX_VOCAB = 0x110000      # the fast engine holds a token id as a str character: chr(id)
+MAX_VOCAB = fast_bpe.MAX_VOCAB   # the most tokens: the fast engine holds an id as a str character
+END_OF_TEXT = "<|endoftext|>"   # GPT-2's special token between documents
 
 # GPT-2-style pre-split, written for the standard `re` module (which has no \p{L}):
 # [^\W\d_] is "a word character that is not a digit or an underscore", i.e. a letter.
@@ -53,6 +60,11 @@ SPLIT_PATTERN = (
     r"|_+"                      # underscores (a word character to `re`, punctuation to us)
 )
 SPLIT_RE = re.compile(SPLIT_PATTERN)
+
+# GPT-2's own pre-split (pre_split="gpt2"), written for the `regex` module, which knows \p{L} (a
+# letter) and \p{N} (any number: ², ½ and Ⅻ too, where `re` sees letters). Unlike ours, it counts
+# an underscore as punctuation. The Tokenizer cuts it with numpy (fast_bpe.chunk_starts, tested).
+GPT2_SPLIT_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 
 # --- the plain BPE: the whole algorithm, for reading ---------------------------------------------
@@ -144,18 +156,36 @@ class Tokenizer:
     def __init__(self) -> None:
         self._set_merges([])
 
-    def _set_merges(self, merges) -> None:
-        """Install merges and rebuild the tables derived from them."""
+    def _set_merges(self, merges, byte_order=None, special_tokens=None, pre_split="default") -> None:
+        """Install merges (and an imported tokenizer's differences) and rebuild the tables derived from them."""
         self._merges = [(int(a), int(b)) for a, b in merges]
-        self._bytes = [bytes([b]) for b in range(NUM_BYTES)]   # id -> the bytes it stands for
+        order = list(range(NUM_BYTES)) if byte_order is None else [int(b) for b in byte_order]
+        self._byte_order = None if order == list(range(NUM_BYTES)) else order
+        self._special_tokens = dict(sorted((special_tokens or {}).items(), key=lambda item: item[1]))
+        self._pre_split = pre_split
+        self._bytes = [bytes([b]) for b in order]   # id -> the bytes it stands for
         for a, b in self._merges:
             self._bytes.append(self._bytes[a] + self._bytes[b])
+        self._bytes += [text.encode("utf-8") for text in self._special_tokens]
+        # The engine's ids are in byte order (id = byte value): merges go in relabelled, and
+        # encode_pieces relabels what comes out (self._relabel[engine id] = id; None: no change).
+        engine_merges = [tuple(order[x] if x < NUM_BYTES else x for x in pair) for pair in self._merges]
+        relabel = np.arange(NUM_BYTES + len(self._merges), dtype=token_dtype(self.vocab_size))
+        relabel[order] = np.arange(NUM_BYTES)
+        self._relabel = relabel if self._byte_order else None
         # the fast encoder, with its chunk cache: new merges, new encoder, no stale ids
-        self._encoder = fast_bpe.ChunkEncoder(self._merges, self.vocab_size, self.typecode)
+        self._encoder = fast_bpe.ChunkEncoder(engine_merges, NUM_BYTES + len(self._merges), self.typecode, pre_split)
+        specials = sorted(map(re.escape, self._special_tokens), key=len, reverse=True)   # longest first
+        self._special_re = re.compile(f"({'|'.join(specials)})") if specials else None
+
+    def _differences(self) -> dict:
+        """What sets an imported tokenizer apart, as format 2 saves it; {} for one trained here."""
+        found = {"byte_order": self._byte_order, "special_tokens": self._special_tokens, "pre_split": self._pre_split}
+        return {} if found == {"byte_order": None, "special_tokens": {}, "pre_split": "default"} else found
 
     @property
     def vocab_size(self) -> int:
-        return NUM_BYTES + len(self._merges)
+        return NUM_BYTES + len(self._merges) + len(self._special_tokens)
 
     @property
     def merges(self) -> list[tuple[int, int]]:
@@ -163,25 +193,47 @@ class Tokenizer:
         return list(self._merges)
 
     @property
+    def byte_order(self) -> list[int] | None:
+        """byte_order[i]: the byte value of id i < 256; None when it is i itself (ours)."""
+        return None if self._byte_order is None else list(self._byte_order)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """text -> id of each special token (ids right after the merges); {} for ours."""
+        return dict(self._special_tokens)
+
+    @property
+    def pre_split(self) -> str:
+        """How text is cut into chunks: "default" (SPLIT_PATTERN) or "gpt2" (GPT2_SPLIT_PATTERN)."""
+        return self._pre_split
+
+    @property
+    def end_of_text(self) -> int | None:
+        """The id of "<|endoftext|>" (GPT-2's marker between documents), None if there is none."""
+        return self._special_tokens.get(END_OF_TEXT)
+
+    @property
     def typecode(self) -> str:
         """The array typecode of this vocabulary's ids: "H" (2 bytes) up to 65,536 tokens, else "I"."""
         return token_dtype(self.vocab_size).char
 
     def fingerprint(self) -> str:
-        """A short hex id of the vocabulary: the same merges give the same fingerprint."""
-        data = json.dumps(self._merges, separators=(",", ":")).encode("ascii")
+        """A short hex id of the vocabulary: the same merges (and differences) give the same fingerprint."""
+        differences = self._differences()
+        data = json.dumps([self._merges, differences] if differences else self._merges,
+                          separators=(",", ":")).encode("ascii")
         return hashlib.sha256(data).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint()!r})"
 
     # Pickled (e.g. for encode_file's worker processes where they are spawned), a tokenizer is
-    # its merges alone: they say everything, and the tables are quick to rebuild from them.
+    # its merges and differences alone: the tables are quick to rebuild from them.
     def __getstate__(self) -> dict:
-        return {"merges": self._merges}
+        return {"merges": self._merges, **self._differences()}
 
     def __setstate__(self, state: dict) -> None:
-        self._set_merges(state["merges"])
+        self._set_merges(**state)
 
     # --- training ---------------------------------------------------------------------------
 
@@ -200,6 +252,9 @@ class Tokenizer:
         if type(vocab_size) is not int or not NUM_BYTES <= vocab_size <= MAX_VOCAB:
             raise ValueError(f"vocab_size must be an integer from {NUM_BYTES} to {MAX_VOCAB}, "
                              f"got {vocab_size!r}")
+        if self._differences():
+            raise TokenizerError("an imported tokenizer (GPT-2's) is not trained further here: "
+                                 "train a Tokenizer() of our own")
         num_merges = vocab_size - NUM_BYTES
         try:
             with tqdm(total=num_merges, unit="merge", desc="merges", file=sys.stderr,
@@ -212,14 +267,20 @@ class Tokenizer:
 
     # --- encoding and decoding --------------------------------------------------------------
 
-    def encode(self, text: str) -> list[int]:
-        """Text -> token ids, those of encode_bpe(text, self.merges); decode(encode(text)) == text."""
+    def encode(self, text: str, allowed_special: bool = False) -> list[int]:
+        """Text -> token ids, those of encode_bpe(text, self.merges); decode(encode(text)) == text.
+        A special token's text ("<|endoftext|>") is plain text unless allowed_special: then its id."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        parts = self._special_re.split(text) if allowed_special and self._special_re else [text]
         ids = array(self.typecode)
         try:
-            for block in self.encode_pieces([text]):
-                ids.frombytes(block)
+            for i, part in enumerate(parts):   # text, special, text, ...: a special ends a chunk
+                if i % 2:
+                    ids.append(self._special_tokens[part])
+                else:
+                    for block in self.encode_pieces([part]):
+                        ids.frombytes(block)
         except UnicodeEncodeError:
             raise surrogate_error(text) from None
         return ids.tolist()
@@ -227,10 +288,11 @@ class Tokenizer:
     def encode_pieces(self, pieces):
         """Yield the ids of the pieces' text, a block at a time (see corpus.text_blocks), as the
         bytes of an array of self.typecode. Raises UnicodeEncodeError on a lone surrogate."""
-        encoder = self._encoder
+        encoder, relabel = self._encoder, self._relabel
         for piece in pieces:
             for block in text_blocks(piece):
-                yield encoder.encode_block(block)
+                ids = encoder.encode_block(block)
+                yield ids if relabel is None else relabel.take(np.frombuffer(ids, relabel.dtype)).tobytes()
 
     def count_tokens(self, chunk_freq: Counter) -> int:
         """How many tokens a text with these chunk counts encodes to, encoding each distinct chunk
@@ -253,7 +315,7 @@ class Tokenizer:
                 raise IndexError
             return b"".join(map(self._bytes.__getitem__, ids))
         except (IndexError, TypeError):
-            bad = next(i for i in ids if not _is_token_id(i, self.vocab_size))
+            bad = next(i for i in ids if not is_token_id(i, self.vocab_size))
             raise TokenizerError(f"token id {bad!r} is not in the vocabulary "
                                  f"(ids go from 0 to {self.vocab_size - 1})") from None
 
@@ -288,10 +350,12 @@ class Tokenizer:
         # one merge per line, so the file reads (and diffs) as a list
         merge_lines = ",\n".join(f"    [{a}, {b}]" for a, b in self._merges)
         merges = f"[\n{merge_lines}\n  ]" if self._merges else "[]"
+        differences = self._differences()   # format 2 adds them (one line each) before the merges
+        version = 2 if differences else FORMAT_VERSION
+        head = "".join(f'  "{key}": {json.dumps(value, ensure_ascii=False)},\n' for key, value in differences.items())
         files = {
-            "merges.json": f'{{\n  "format_version": {FORMAT_VERSION},\n  "merges": {merges}\n}}',
-            "vocab_size.json": json.dumps({"format_version": FORMAT_VERSION,
-                                           "vocab_size": self.vocab_size}, indent=2),
+            "merges.json": f'{{\n  "format_version": {version},\n{head}  "merges": {merges}\n}}',
+            "vocab_size.json": json.dumps({"format_version": version, "vocab_size": self.vocab_size}, indent=2),
             "itos.json": json.dumps(self._itos(), ensure_ascii=False, indent=1),
             "stoi.json": json.dumps(self._stoi(), ensure_ascii=False, indent=1),
         }
@@ -300,23 +364,12 @@ class Tokenizer:
                           for name, content in files.items()})
 
     @classmethod
-    def from_merges(cls, merges, source) -> "Tokenizer":
-        """The tokenizer of these [left_id, right_id] merges, checked; a problem is a TokenizerError naming source."""
-        if not isinstance(merges, list) or len(merges) > MAX_VOCAB - NUM_BYTES:
-            raise TokenizerError(f"{source}: \"merges\" must be a list of [left_id, right_id]")
-        seen: dict[tuple[int, int], int] = {}
-        for i, item in enumerate(merges):
-            limit = NUM_BYTES + i  # a merge can only use the tokens made before it
-            if not (isinstance(item, list) and len(item) == 2
-                    and all(type(x) is int and 0 <= x < limit for x in item)):
-                raise TokenizerError(f"{source}: merge {i} is {item!r}; expected "
-                                     f"[left_id, right_id] with ids from 0 to {limit - 1}")
-            pair = (item[0], item[1])
-            if pair in seen:  # training never merges a pair twice
-                raise TokenizerError(f"{source}: merge {i} {item!r} repeats merge {seen[pair]}")
-            seen[pair] = i
+    def from_merges(cls, merges, source, byte_order=None, special_tokens=None, pre_split="default") -> "Tokenizer":
+        """The tokenizer of these [left_id, right_id] merges (and an imported tokenizer's differences,
+        see the properties), checked (support/tokenizer_files.py): a problem is a TokenizerError naming source."""
+        check_definition(merges, source, byte_order, special_tokens, pre_split)
         tok = cls()
-        tok._set_merges(merges)
+        tok._set_merges(merges, byte_order, special_tokens, pre_split)
         return tok
 
     @classmethod
@@ -326,75 +379,21 @@ class Tokenizer:
         if not directory.is_dir():
             raise TokenizerError(f"no tokenizer in {directory}/ — run `python init.py` first")
         path = directory / "merges.json"
-        tok = cls.from_merges(_read_json(path, "merges")["merges"], path)
+        data = read_json(path, "merges", versions=(1, 2))
+        differences = {key: data[key] for key in ("byte_order", "special_tokens", "pre_split")
+                       if key in data and data["format_version"] == 2}
+        tok = cls.from_merges(data["merges"], path, **differences)
 
         path = directory / "vocab_size.json"
-        size = _read_json(path, "vocab_size")["vocab_size"]
+        size = read_json(path, "vocab_size", versions=(1, 2))["vocab_size"]
         if type(size) is not int or size != tok.vocab_size:
             raise TokenizerError(f"{path}: vocab_size is {size!r}, but merges.json has "
                                  f"{len(tok.merges)} merges, which make {tok.vocab_size} tokens")
 
         for name, expected in (("itos.json", tok._itos()), ("stoi.json", tok._stoi())):
             path = directory / name
-            problem = _difference(_read_json(path), expected)
+            problem = difference(read_json(path), expected)
             if problem:
                 raise TokenizerError(f"{path}: {problem}")
         return tok
 
-
-# --- helpers -------------------------------------------------------------------------------------
-
-def _is_token_id(x, vocab_size: int) -> bool:
-    """Whether x can index the vocabulary (ints, and numpy or torch integers, from 0)."""
-    try:
-        return 0 <= operator.index(x) < vocab_size
-    except TypeError:
-        return False
-
-
-def _read_json(path: Path, key: str | None = None):
-    """Parse one JSON file, turning every way it can fail into a one-line TokenizerError. With
-    key, the file must be an object holding "format_version" (the one this code reads) and key."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: missing — run `python init.py` to create it") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"{path}: {read_problem(e)}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TokenizerError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column "
-                             f"{e.colno}) — truncated or edited by hand?") from None
-    if key is not None:
-        if _is_original_format(data):
-            raise TokenizerError(f"{path}: this is the original project's tokenizer format (merges as "
-                                 f"pairs of its own token ids, no format_version), which this code does "
-                                 f"not read — run `python init.py` to make a tokenizer in this format")
-        if not isinstance(data, dict) or "format_version" not in data or key not in data:
-            raise TokenizerError(f"{path}: expected an object with \"format_version\" and \"{key}\"")
-        if data["format_version"] != FORMAT_VERSION:
-            raise TokenizerError(f"{path}: format_version {data['format_version']!r} is not "
-                                 f"supported (this code reads version {FORMAT_VERSION})")
-    return data
-
-
-def _is_original_format(data) -> bool:
-    """Whether a merges.json holds the original project's merges: no "format_version", and the
-    merges as bare pairs of its token ids (or of their text): a list of pairs, or an object keyed by them."""
-    if isinstance(data, dict):
-        return bool(data) and "format_version" not in data and "merges" not in data
-    return isinstance(data, list) and bool(data) and all(isinstance(pair, list) and len(pair) == 2 for pair in data)
-
-
-def _difference(got, expected: dict) -> str | None:
-    """The first way the JSON object got differs from expected, in a few words (None if equal)."""
-    if not isinstance(got, dict):
-        return f"expected a JSON object, found {type(got).__name__}"
-    for key, want in expected.items():
-        if key not in got:
-            return f"entry {key!r} is missing (merges.json defines it)"
-        if got[key] != want or type(got[key]) is not type(want):
-            return f"entry {key!r} is {got[key]!r}, but merges.json gives {want!r}"
-    extra = [key for key in got if key not in expected]
-    return f"entry {extra[0]!r} is not in the vocabulary merges.json defines" if extra else None

@@ -56,10 +56,11 @@ def surrogate_error(text: str) -> TokenizerError | None:
 # Long texts are split a block at a time, so no list of chunks grows with the text. A block ends
 # where a non-space character meets whitespace: no chunk spans that point (only a single space
 # may lead a chunk), and the pattern looks ahead only inside whitespace, so the blocks give
-# exactly the chunks of the whole text.
+# exactly the chunks of the whole text. Whitespace to both pre-splits: `re`'s \s less U+001C..U+001F,
+# which are punctuation to GPT-2's (Unicode's White_Space).
 BLOCK_CHARS = 1 << 20
-_BLOCK_END_RE = re.compile(r"\S(?=\s)")
-_LAST_BLOCK_END_RE = re.compile(r".*\S(?=\s)", re.DOTALL)  # greedy: matches up to the last one
+_BLOCK_END_RE = re.compile(r"\S(?=[^\S\x1c-\x1f])")
+_LAST_BLOCK_END_RE = re.compile(r".*\S(?=[^\S\x1c-\x1f])", re.DOTALL)  # greedy: up to the last one
 
 # Files are read PIECE_BYTES at a time. safe_cuts looks for a block end in windows of SCAN_BYTES;
 # consecutive windows overlap by _SCAN_OVERLAP bytes, enough to hold a non-space character and

@@ -5,12 +5,14 @@ plain `train_bpe` and `encode_bpe` say *what* is computed, and the tests hold th
 them. Training updates only the pair counts around each merge, with a heap (learn_merges); encoding
 cuts the text into chunks with numpy (chunk_starts, chunk_keys), merges many new chunks together
 round by round (merge_in_bulk), and remembers each distinct chunk (ChunkEncoder's cache). The
-merges come in as arguments: this module does not import tokenizer.py.
+merges come in as arguments: this module does not import tokenizer.py. Ids here are always byte
+order (id i < 256 is byte value i): tokenizer.py relabels them for a vocabulary in another order.
 """
 from __future__ import annotations
 
 import operator
 import re
+import unicodedata
 from array import array
 from collections import defaultdict
 from heapq import heapify, heappop, heappush, heapreplace
@@ -18,6 +20,7 @@ from heapq import heapify, heappop, heappush, heapreplace
 import numpy as np
 
 NUM_BYTES = 256           # the base tokens: one per byte value (as in tokenizer.py)
+MAX_VOCAB = 0x110000      # a token id is held as a str character, chr(id) (see below)
 
 # Inside this module a sequence of tokens is often a str with one character per token, token id
 # i being chr(i): then `in`, str.replace and str.find do the pair work in C. A chunk's bytes become
@@ -48,13 +51,22 @@ BULK_MAX_CHARS = 200
 #     a chunk of their own.
 # The classes are the pattern's own character sets; together they cover every character once.
 # (Order matters: a space joins the classes below _UNDERSCORE; the two whitespace ones come last.)
+# GPT-2's pattern (pre_split "gpt2", tokenizer.GPT2_SPLIT_PATTERN) has the same rules with its own
+# classes: a letter is Unicode category L*, a digit N* (², ½ and Ⅻ too), whitespace is Unicode's
+# White_Space (`re` adds U+001C..U+001F), and an underscore is punctuation.
 _LETTER, _DIGIT, _PUNCT, _UNDERSCORE, _SPACE, _OTHER_SPACE = range(6)
 _CONTRACTIONS = ("s", "d", "m", "t", "ll", "ve", "re")
+PRE_SPLITS = ("default", "gpt2")   # tokenizer.SPLIT_PATTERN's cut, GPT-2's cut
 
 
-def _char_class(ch: str) -> int:
+def _char_class(ch: str, pre_split: str = "default") -> int:
     if ch == " ":
         return _SPACE
+    if pre_split == "gpt2":
+        category = unicodedata.category(ch)[0]
+        if category in "LN":
+            return _LETTER if category == "L" else _DIGIT
+        return _OTHER_SPACE if ch.isspace() and not "\x1c" <= ch <= "\x1f" else _PUNCT
     if ch == "_":
         return _UNDERSCORE
     if re.fullmatch(r"[^\W\d_]", ch):
@@ -66,25 +78,29 @@ def _char_class(ch: str) -> int:
     return _PUNCT
 
 
-_LATIN1_CLASSES = np.array([_char_class(chr(c)) for c in range(256)], dtype=np.uint8)
-_LATIN1_CLASSES.flags.writeable = False
+_LATIN1_CLASSES = {pre_split: np.array([_char_class(chr(c), pre_split) for c in range(256)], np.uint8)
+                   for pre_split in PRE_SPLITS}
+for _table in _LATIN1_CLASSES.values():
+    _table.flags.writeable = False
 
 
-def _char_classes(codes: np.ndarray) -> np.ndarray:
+def _char_classes(codes: np.ndarray, pre_split: str) -> np.ndarray:
     """The class of each character, for a text as an array of code points."""
+    latin1 = _LATIN1_CLASSES[pre_split]
     wide = codes >= 256
     if not wide.any():
-        return _LATIN1_CLASSES.take(codes)   # (take: several times faster than [codes] here)
-    classes = _LATIN1_CLASSES.take(np.where(wide, 0, codes))
+        return latin1.take(codes)   # (take: several times faster than [codes] here)
+    classes = latin1.take(np.where(wide, 0, codes))
     distinct, which = np.unique(codes[wide], return_inverse=True)
-    classes[wide] = np.array([_char_class(chr(c)) for c in distinct.tolist()], np.uint8)[which]
+    classes[wide] = np.array([_char_class(chr(c), pre_split) for c in distinct.tolist()], np.uint8)[which]
     return classes
 
 
-def chunk_starts(codes: np.ndarray) -> np.ndarray:
-    """Where each chunk of SPLIT_RE.findall(text) begins, for text as an array of code points."""
+def chunk_starts(codes: np.ndarray, pre_split: str = "default") -> np.ndarray:
+    """Where each chunk of SPLIT_RE.findall(text) begins (with pre_split "gpt2": of GPT-2's
+    pattern), for text as an array of code points."""
     size = codes.size
-    classes = _char_classes(codes)
+    classes = _char_classes(codes, pre_split)
     white = classes >= _SPACE
     kind = np.minimum(classes, _SPACE)   # any run of whitespace is one kind
     start = np.empty(size, dtype=bool)
@@ -118,11 +134,11 @@ _PACK_MASKS = np.array([(1 << 8 * n) - 1 for n in range(_PACKED_CHARS + 1)], dty
 _PACK_MASKS.flags.writeable = False
 
 
-def chunk_keys(text: str) -> list:
-    """The chunks of text (those of SPLIT_RE.findall), in order, as keys: a short chunk as an int
+def chunk_keys(text: str, pre_split: str = "default") -> list:
+    """The chunks of text (those of chunk_starts), in order, as keys: a short chunk as an int
     (see above; `chunk_of_key` turns it back), any other chunk as itself."""
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    starts = chunk_starts(codes)
+    starts = chunk_starts(codes, pre_split)
     ends = np.append(starts[1:], codes.size) if starts.size else starts
     lengths = ends - starts
     packed = lengths <= _PACKED_CHARS
@@ -334,10 +350,12 @@ class ChunkEncoder:
     """Encodes text with a fixed list of merges (merges[i] creates id 256 + i), as the bytes of an
     array of `typecode` ids. Remembers every distinct chunk it has encoded (self.cache, chunk key
     -> the bytes of its ids): most chunks recur, and joining bytes is much faster than building a
-    list of ints. New merges need a new ChunkEncoder, so cached ids never go stale."""
+    list of ints. New merges need a new ChunkEncoder, so cached ids never go stale. pre_split:
+    which cut makes the chunks (PRE_SPLITS)."""
 
-    def __init__(self, merges, vocab_size: int, typecode: str) -> None:
+    def __init__(self, merges, vocab_size: int, typecode: str, pre_split: str = "default") -> None:
         self.typecode = typecode
+        self.pre_split = pre_split
         self.merges = list(merges)
         # pair (as a 2-character str, see above) -> rank, and rank -> that pair
         self.pair_strs = [chr(a) + chr(b) for a, b in self.merges]
@@ -402,7 +420,7 @@ class ChunkEncoder:
         """The ids of a block of text (one that chunks on its own, see corpus.text_blocks) as the
         bytes of an array of self.typecode. Raises UnicodeEncodeError on a lone surrogate."""
         cache = self.cache
-        keys = chunk_keys(block)
+        keys = chunk_keys(block, self.pre_split)
         try:   # once the cache is warm, every chunk is in it
             return b"".join(map(cache.__getitem__, keys))
         except KeyError:   # some are new: merge those (all together), then join

@@ -1,4 +1,5 @@
-"""Tests of tokenizer.py: the fast engine against the plain BPE, round trips, files, errors.
+"""Tests of tokenizer.py: the fast engine against the plain BPE, round trips, files, errors; and a
+tokenizer in GPT-2's layout (support/gpt2_tokenizer.py) against transformers and tiktoken.
 
 The plain pair in tokenizer.py, train_bpe and encode_bpe, is the oracle: every fast path (the
 incremental trainer, the numpy cut, bulk merging, the chunk cache) must give exactly its merges
@@ -7,7 +8,9 @@ word list), never read from Train_Data/input.txt, which users replace with their
 """
 import copy
 import errno
+import hashlib
 import json
+import pickle
 import random
 from itertools import chain
 from pathlib import Path
@@ -485,7 +488,7 @@ BAD_FILES = {
     "merges.json a list": ("merges.json", lambda p: p.write_text("[[97, 98]]"),
                            "format_version"),
     "merges.json new version": ("merges.json", lambda p: _edit_json(
-        p, lambda d: d.update(format_version=2)), "format_version 2"),
+        p, lambda d: d.update(format_version=3)), "format_version 3"),
     "merges.json future id": ("merges.json", lambda p: _edit_json(
         p, lambda d: d["merges"].__setitem__(0, [97, 400])), "merge 0"),
     "merges.json not a pair": ("merges.json", lambda p: _edit_json(
@@ -586,3 +589,285 @@ def test_token_ids_are_two_bytes_up_to_65536_tokens_and_four_beyond():
     assert big.decode_bytes([65_536]) == b"\xff\x00"   # (no UTF-8 text holds 0xFF: only decoding shows it)
     text = "\x01\x01 é\xff\xff" * 3
     assert big.decode(big.encode(text)) == text
+
+
+# --- an imported tokenizer: GPT-2's byte order, special tokens and pre-split ------------------------
+# A tiny vocabulary in GPT-2's layout, made here by Hugging Face's trainer (offline): its byte
+# tokens in the trainer's order (not byte order), "<|endoftext|>" after the merges. Read by
+# transformers, by tiktoken (from the same ranks) and by support/gpt2_tokenizer.py, it must give the
+# same ids in all three.
+
+GPT2_MIXED = ("Hello world! It's a test: don't, can't, we'll, they've, I'm, you're, 'S 'sup. "
+              "Café naïve résumé — 中文 日本語 한국어 😀👍 x² ½ Ⅻ ① 3.14159 2024 1,000,000\n\n\t\ttabs  \n"
+              "def f(self): return self._x + a_b__c  # snake_case __init__\n    trailing   \n")
+
+GPT2_TEXTS = [
+    "Hello world! The quick brown fox jumps over the lazy dog.",
+    "Café naïve résumé — 中文 日本語 한국어 😀👍👩\u200d👩\u200d👧 e\u0301",
+    "x² + y² = z², ½ cup, Ⅻ o'clock, ① ② ③, ³⁄₄ 五",
+    "'S 'sup don't I'm you're we'll they've she'd IT'S 's ''s x'",
+    "3.14159 2024 1,000,000 0x1F 007",
+    "tabs\t\there\n\n\nnewlines   trailing spaces   \n \t \r\n",
+    "self._x = a_b__c  # __init__ snake_case _private",
+    "\x1c\x1d\x1e\x1f a\x1cb !\x1f \u00a0\u2003\u3000 end",
+    "",
+]
+GPT2_SPECIAL_TEXTS = ["<|endoftext|>", "a<|endoftext|>b", " <|endoftext|> next", "<|endoftext|><|endoftext|>\n",
+                      "<|endoftext|", "x <|endo<|endoftext|>ftext|>"]
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory) -> Path:
+    """vocab.json and merges.txt of a ~800-token byte-level BPE, in GPT-2's layout."""
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.train_from_iterator([text_slice(0, 6000) + GPT2_MIXED * 5], trainers.BpeTrainer(
+        vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    folder = tmp_path_factory.mktemp("gpt2")
+    hf.model.save(str(folder))
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    vocab["<|endoftext|>"] = len(vocab)   # GPT-2's one special token, after the merges
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gpt2_tok(gpt2_folder) -> Tokenizer:
+    from support.gpt2_tokenizer import from_gpt2_files
+    # The trainer made no merge whose text an earlier token has, or this would refuse the vocabulary.
+    return from_gpt2_files(gpt2_folder / "vocab.json", gpt2_folder / "merges.txt")
+
+
+@pytest.fixture(scope="module")
+def hf_tok(gpt2_folder):
+    from transformers import GPT2TokenizerFast
+    return GPT2TokenizerFast(vocab=str(gpt2_folder / "vocab.json"), merges=str(gpt2_folder / "merges.txt"))
+
+
+@pytest.fixture(scope="module")
+def tiktoken_enc(gpt2_tok):
+    import tiktoken
+    from tokenizer import GPT2_SPLIT_PATTERN
+    ranks = {gpt2_tok.decode_bytes([i]): i for i in range(256 + len(gpt2_tok.merges))}
+    return tiktoken.Encoding("tiny-gpt2", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks,
+                             special_tokens=gpt2_tok.special_tokens)
+
+
+def test_a_gpt2_vocabulary_is_read_with_its_byte_order_special_token_and_pre_split(gpt2_tok, hf_tok):
+    assert gpt2_tok.vocab_size == len(hf_tok) == 801 and gpt2_tok.pre_split == "gpt2"
+    assert gpt2_tok.byte_order is not None and sorted(gpt2_tok.byte_order) == list(range(256))
+    assert gpt2_tok.special_tokens == {"<|endoftext|>": 800} and gpt2_tok.end_of_text == 800 == hf_tok.eos_token_id
+    assert [gpt2_tok.decode([i]) for i in range(801)] == [hf_tok.decode([i]) for i in range(801)]
+
+
+@pytest.mark.parametrize("text", GPT2_TEXTS)
+def test_gpt2_tokenizer_gives_the_ids_of_transformers_and_tiktoken(gpt2_tok, hf_tok, tiktoken_enc, text):
+    ids = gpt2_tok.encode(text)
+    assert ids == hf_tok.encode(text) == tiktoken_enc.encode_ordinary(text)
+    assert gpt2_tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("text", GPT2_SPECIAL_TEXTS)
+def test_special_tokens_become_their_id_only_when_allowed_as_in_transformers_and_tiktoken(
+        gpt2_tok, hf_tok, tiktoken_enc, text):
+    allowed = gpt2_tok.encode(text, allowed_special=True)
+    assert allowed == hf_tok.encode(text) == tiktoken_enc.encode(text, allowed_special="all")
+    plain = gpt2_tok.encode(text)
+    assert plain == hf_tok.encode(text, split_special_tokens=True) == tiktoken_enc.encode_ordinary(text)
+    assert 800 not in plain and gpt2_tok.decode(plain) == gpt2_tok.decode(allowed) == text
+
+
+GPT2_ALPHABET = st.sampled_from(list("aZé中😀 \t\n\r\x1c\x85\u3000_'sStlv.,!<|>1²½Ⅻ①") + ["<|endoftext|>", "'ll", "  "])
+
+
+@PROPERTY
+@given(st.lists(GPT2_ALPHABET, max_size=40).map("".join))
+def test_gpt2_tokenizer_matches_tiktoken_and_transformers_on_any_text(gpt2_tok, hf_tok, tiktoken_enc, text):
+    ids = gpt2_tok.encode(text)
+    assert ids == tiktoken_enc.encode_ordinary(text) == hf_tok.encode(text, split_special_tokens=True)
+    assert gpt2_tok.encode(text, allowed_special=True) == tiktoken_enc.encode(text, allowed_special="all")
+
+
+# Assigned characters only: Python's Unicode tables and the regex module's may be of different
+# versions, and disagree about characters one of them does not know yet.
+ASSIGNED = st.characters(exclude_categories=("Cn", "Cs"))
+
+
+@PROPERTY
+@given(st.one_of(st.text(ASSIGNED, max_size=80), st.text(alphabet=TRICKY + "²½Ⅻ①\x1c\x1f\x85", max_size=80)),
+       st.integers(min_value=1, max_value=12))
+@example("self._x = a_b__c x² ½ Ⅻ\x1c\x1f 'S's", 3)
+def test_the_numpy_cut_gives_the_chunks_of_gpt2s_pattern_and_blocks_keep_them(text, block_chars):
+    regex = pytest.importorskip("regex")
+    from tokenizer import GPT2_SPLIT_PATTERN
+    chunks = regex.findall(GPT2_SPLIT_PATTERN, text)
+    assert list(map(chunk_of_key, chunk_keys(text, "gpt2"))) == chunks
+    blocks = list(text_blocks(text, block_chars))
+    assert list(chain.from_iterable(regex.findall(GPT2_SPLIT_PATTERN, b) for b in blocks)) == chunks
+
+
+def test_an_identity_byte_order_and_no_extras_is_a_plain_tokenizer(english_tok):
+    same = Tokenizer.from_merges([list(m) for m in english_tok.merges], "test", byte_order=list(range(256)),
+                                 special_tokens={}, pre_split="default")
+    assert same.byte_order is None and same.fingerprint() == english_tok.fingerprint()
+
+
+def test_fingerprint_changes_with_byte_order_special_tokens_and_pre_split(english_tok):
+    merges = [list(m) for m in english_tok.merges]
+    variants = [Tokenizer.from_merges(merges, "test"),
+                Tokenizer.from_merges(merges, "test", byte_order=list(range(255, -1, -1))),
+                Tokenizer.from_merges(merges, "test", special_tokens={"<|endoftext|>": 600}),
+                Tokenizer.from_merges(merges, "test", special_tokens={"<|end|>": 600}),
+                Tokenizer.from_merges(merges, "test", pre_split="gpt2")]
+    assert len({tok.fingerprint() for tok in variants}) == len(variants)
+
+
+def test_a_byte_order_relabels_the_byte_ids_and_gives_the_same_segmentation(english_tok):
+    order = list(range(255, -1, -1))   # id i is byte 255 - i
+    flip = lambda x: 255 - x if x < 256 else x   # noqa: E731
+    flipped = Tokenizer.from_merges([[flip(a), flip(b)] for a, b in english_tok.merges], "test", byte_order=order)
+    text = text_slice(1000, 3000) + "\x00\xff é 😀"
+    assert flipped.encode(text) == [flip(i) for i in english_tok.encode(text)]
+    assert flipped.decode(flipped.encode(text)) == text
+    assert flipped.decode_bytes([0, 255]) == b"\xff\x00"
+
+
+def test_plain_tokenizer_files_and_fingerprint_are_unchanged(tmp_path):
+    shipped = Path(__file__).resolve().parent.parent / "tokenizer_save"
+    tok = Tokenizer.load(shipped)
+    tok.save(tmp_path)
+    for name in ("merges.json", "vocab_size.json", "itos.json", "stoi.json"):
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name
+    # a plain tokenizer's fingerprint is the hash of its merges alone, as checkpoints recorded it
+    merges = json.dumps([list(m) for m in tok.merges], separators=(",", ":")).encode("ascii")
+    assert tok.fingerprint() == hashlib.sha256(merges).hexdigest()[:16]
+
+
+def test_save_then_load_keeps_byte_order_special_tokens_and_pre_split(tmp_path, gpt2_tok):
+    gpt2_tok.save(tmp_path)
+    merges = json.loads((tmp_path / "merges.json").read_text(encoding="utf-8"))
+    assert merges["format_version"] == 2 and merges["pre_split"] == "gpt2"
+    assert merges["byte_order"] == gpt2_tok.byte_order and merges["special_tokens"] == {"<|endoftext|>": 800}
+    assert json.loads((tmp_path / "itos.json").read_text(encoding="utf-8"))["800"] == "<|endoftext|>"
+    loaded = Tokenizer.load(tmp_path)
+    assert (loaded.fingerprint(), loaded.byte_order, loaded.special_tokens, loaded.pre_split) == (
+        gpt2_tok.fingerprint(), gpt2_tok.byte_order, gpt2_tok.special_tokens, "gpt2")
+    assert all(loaded.encode(t, allowed_special=True) == gpt2_tok.encode(t, allowed_special=True)
+               for t in GPT2_TEXTS + GPT2_SPECIAL_TEXTS)
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_an_imported_tokenizer_travels_to_worker_processes(tmp_path, gpt2_tok, monkeypatch, start):
+    from support import corpus
+    monkeypatch.setattr(corpus, "WORKER_START", start)
+    copy = pickle.loads(pickle.dumps(gpt2_tok))
+    assert copy.fingerprint() == gpt2_tok.fingerprint() and copy.end_of_text == 800
+    text = "".join(GPT2_TEXTS) * 20
+    path = tmp_path / "text.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    ids = list(chain.from_iterable(gpt2_tok.encode_file(path, workers=2, range_bytes=500)))
+    assert ids == gpt2_tok.encode(text.replace("\r\n", "\n"))
+
+
+def test_training_an_imported_tokenizer_is_refused(gpt2_tok):
+    with pytest.raises(TokenizerError, match="imported"):
+        copy.deepcopy(gpt2_tok).train("some text", 300)
+
+
+BAD_DEFINITIONS = {
+    "byte order too short": (dict(byte_order=list(range(255))), "byte_order"),
+    "byte order repeats": (dict(byte_order=[0] + list(range(0, 255))), "byte_order"),
+    "byte order not ints": (dict(byte_order=[str(b) for b in range(256)]), "byte_order"),
+    "byte order with one more": (dict(byte_order=list(range(256)) + ["x"]), "byte_order"),
+    "special id a bool": (dict(special_tokens={"<|endoftext|>": True}), "special_tokens"),
+    "special id taken by a merge": (dict(special_tokens={"<|endoftext|>": 257}), "special_tokens"),
+    "special ids with a gap": (dict(special_tokens={"<|a|>": 258, "<|b|>": 260}), "special_tokens"),
+    "special text empty": (dict(special_tokens={"": 258}), "special_tokens"),
+    "unknown pre-split": (dict(pre_split="gpt3"), "pre_split 'gpt3'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DEFINITIONS)
+def test_a_bad_imported_definition_is_one_line_naming_its_source(case):
+    extras, words = BAD_DEFINITIONS[case]
+    with pytest.raises(TokenizerError) as err:
+        Tokenizer.from_merges([[97, 98], [256, 99]], "ckpt.pth", **extras)
+    assert str(err.value).startswith("ckpt.pth: ") and words in str(err.value) and "\n" not in str(err.value)
+
+
+def _edit_gpt2_files(folder: Path, to: Path, vocab=None, merges=None) -> tuple[Path, Path]:
+    to.mkdir()
+    data = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    (to / "vocab.json").write_text(json.dumps(vocab(data) if vocab else data), encoding="utf-8")
+    (to / "merges.txt").write_text("\n".join(merges(lines) if merges else lines), encoding="utf-8")
+    return to / "vocab.json", to / "merges.txt"
+
+
+def _swap(data: dict, a: int, b: int) -> dict:
+    text_of = {i: t for t, i in data.items()}
+    data[text_of[a]], data[text_of[b]] = b, a
+    return data
+
+
+BAD_GPT2_FILES = {
+    "a merge whose text an earlier token has": (None, lambda lines: lines[:3] + [lines[2]] + lines[3:], "merges.txt"),
+    "merges out of order": (None, lambda lines: lines[:2] + [lines[3], lines[2]] + lines[4:], "merges.txt"),
+    "a merged token among the bytes": (lambda d: _swap(d, 5, 300), None, "ids 0 to 255"),
+    "ids with a gap": (lambda d: {**d, "<|endoftext|>": 900}, None, "ids 0, 1, 2"),
+    "not a merge line": (None, lambda lines: lines + ["a b c"], "not a merge"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_GPT2_FILES)
+def test_a_vocabulary_not_in_gpt2s_layout_is_refused_in_one_line(gpt2_folder, tmp_path, case):
+    from support.gpt2_tokenizer import from_gpt2_files
+    vocab, merges, words = BAD_GPT2_FILES[case]
+    paths = _edit_gpt2_files(gpt2_folder, tmp_path / "edited", vocab, merges)
+    with pytest.raises(TokenizerError) as err:
+        from_gpt2_files(*paths)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+# --- out: Hugging Face's files (support/gpt2_tokenizer.gpt2_files) -----------------------------
+
+def _exported(tok: Tokenizer, folder: Path):
+    from transformers import AutoTokenizer
+    from support.gpt2_tokenizer import gpt2_files
+    folder.mkdir()
+    for name, text in gpt2_files(tok, block_size=64).items():
+        (folder / name).write_text(text, encoding="utf-8", newline="\n")
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, english_tok, gpt2_tok):
+    """Our English tokenizer and the GPT-2 one, each written by gpt2_files and read by transformers."""
+    folder = tmp_path_factory.mktemp("exported")
+    return {"default": (english_tok, _exported(english_tok, folder / "ours")),
+            "gpt2": (gpt2_tok, _exported(gpt2_tok, folder / "gpt2"))}
+
+
+@PROPERTY
+@given(st.sampled_from(["default", "gpt2"]),
+       st.one_of(st.sampled_from(GPT2_TEXTS), st.text(alphabet=TRICKY + "²½Ⅻ①\x1c\x1f\x85_", max_size=60),
+                 st.text(ASSIGNED, max_size=30)))
+def test_an_exported_tokenizer_gives_the_same_ids_in_transformers(exported, which, text):
+    tok, hf = exported[which]
+    assert hf.encode(text) == tok.encode(text)
+
+
+def test_an_exported_gpt2_tokenizer_reads_back_as_itself_with_its_special_token(exported, tmp_path):
+    from support.gpt2_tokenizer import from_gpt2_files
+    tok, hf = exported["gpt2"]
+    assert hf.eos_token_id == tok.end_of_text and hf.encode("a<|endoftext|>") == tok.encode("a<|endoftext|>", True)
+    folder = Path(hf.name_or_path)
+    assert from_gpt2_files(folder / "vocab.json", folder / "merges.txt").fingerprint() == tok.fingerprint()
+
+
+def test_two_ids_with_the_same_bytes_cannot_be_exported():
+    from support.gpt2_tokenizer import gpt2_files
+    twins = Tokenizer.from_merges([[97, 98], [256, 99], [98, 99], [97, 258]], "test")   # "abc" twice
+    with pytest.raises(TokenizerError, match="257 and 259"):
+        gpt2_files(twins, 64)
