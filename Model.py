@@ -41,6 +41,7 @@ class ModelConfig:
     num_heads: int
     dropout: float = 0.0
     positions: str = "rotary"   # "learned" (a table of block_size vectors) or "rotary" (see rotate)
+    gelu: str = "exact"         # the MLP's GELU: "exact", or "tanh", the approximation GPT-2 was trained with
 
     def __post_init__(self):
         validation.check_config(self)          # a config read from a file may hold anything
@@ -181,9 +182,11 @@ class MLP(nn.Module):
         self.up = nn.Linear(config.emb_len, 4 * config.emb_len)
         self.proj = nn.Linear(4 * config.emb_len, config.emb_len)
         self.drop = nn.Dropout(config.dropout)
+        self.approximate = "tanh" if config.gelu == "tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.up(x))))               # (B, T, 4E) inside, (B, T, E) out
+        h = F.gelu(self.up(x), approximate=self.approximate)         # (B, T, 4E)
+        return self.drop(self.proj(h))                                 # (B, T, E)
 
 
 class Block(nn.Module):

@@ -77,7 +77,9 @@ def parse_args(argv, params) -> argparse.Namespace:
     p.add_argument("--stop", type=stop_value, metavar="TEXT", help=r"stop when the generated text contains "
                    r"TEXT (not printed); escapes work, e.g. --stop '\n' ends at the end of the line")
     p.add_argument("--weights", type=Path, metavar="PATH", help="checkpoint file, or a folder: its "
-                   "weights-best.pth, else its newest weights-*.pth, else pretrained.pth (default Saved_Weights/)")
+                   "weights-best.pth, else its newest weights-*.pth, else pretrained.pth (default Saved_Weights/); "
+                   "or GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded with huggingface_hub) or a "
+                   "Hugging Face GPT-2 folder")
     p.add_argument("--tokenizer-dir", type=Path, default=DEFAULT_TOKENIZER_DIR, metavar="DIR",
                    help="tokenizer folder written by init.py, for a checkpoint that does not carry its own "
                         "tokenizer (default tokenizer_save/)")
@@ -88,6 +90,8 @@ def parse_args(argv, params) -> argparse.Namespace:
                         "on a busy machine they wait on each other; 0 = torch's default, all cores)")
     p.add_argument("--eval-stride", type=count_value(1), metavar="N", help="--eval: tokens a window advances "
                    "by (default block_size // 2; 1 = full context for every token, slowest)")
+    p.add_argument("--export-hf", type=Path, metavar="DIR", help="write the model and its tokenizer to the new "
+                   "folder DIR in Hugging Face's layout (transformers loads it with no code of ours), then exit")
     look = p.add_argument_group("see inside the model (on stderr or in files; stdout keeps only the text)")
     look.add_argument("--show-probs", type=count_value(1), metavar="K", help="after each token, the K "
                       "likeliest candidates, probabilities after temperature: → drawn, ✗ cut by top-k/top-p "
@@ -112,6 +116,8 @@ def parse_args(argv, params) -> argparse.Namespace:
 def check_combination(args) -> None:
     """Options that only make sense together, or never together: one line, exit 2."""
     views = [f"--{name}" for name in ("trace", "attention") if getattr(args, name)]
+    if args.export_hf is not None and (views or args.prompt is not None or args.eval or args.html or args.show_probs):
+        raise UserError("--export-hf writes the model to a folder and generates nothing: give it with --weights alone")
     if views and args.prompt is None:
         raise UserError(f"{views[0]} looks at one prompt: add --prompt TEXT")
     if args.html is not None and args.eval is None and args.prompt is None:
@@ -188,11 +194,11 @@ class TextGenerator:
     def prompt_ids(self, prompt: str) -> list[int]:
         """The token ids the model starts from: the prompt's last block_size tokens (noted once on
         stderr when that cuts the prompt). An empty prompt starts from a newline, as if at the start
-        of a line of the text."""
+        of a line of the text (of a new document, for a vocabulary with <|endoftext|>)."""
         block = self.model.config.block_size
         # Bytes that are not UTF-8 in a command-line argument arrive as lone surrogates: make them U+FFFD.
-        prompt = prompt.encode("utf-8", "surrogatepass").decode("utf-8", "replace") or "\n"
-        ids = self.tokenizer.encode(prompt)      # about 0.5 s for 1 MB of text
+        prompt = prompt.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        ids = self.tokenizer.encode(prompt) if prompt else start_ids(self.tokenizer)   # ~0.5 s per MB
         if len(ids) > block:
             if not self.noted_long_prompt:
                 print(f"note: prompt of {len(ids)} tokens is longer than the model's context; only its "
@@ -232,6 +238,8 @@ class TextGenerator:
                     self.steps.append((token, logits))
                 if a.show_probs:
                     see_inside.show_candidates(logits, token, self.tokenizer.decode_bytes, a)
+            if token == self.tokenizer.end_of_text:      # the model ended the document (GPT-2's <|endoftext|>)
+                break
             pending += decoder.decode(self.tokenizer.decode_bytes([token]))
             n, stopped = shown_length(pending, a.stop)
             self.out.write(pending[:n])
@@ -241,6 +249,13 @@ class TextGenerator:
                 return
         pending += decoder.decode(b"", final=True)
         self.out.write(pending[:shown_length(pending, a.stop)[0]])
+
+
+def start_ids(tokenizer) -> list[int]:
+    """What comes before a text that starts from nothing: <|endoftext|> where the vocabulary has it (a new
+    document, as GPT-2 was trained), else a newline (the start of a line)."""
+    eot = tokenizer.end_of_text
+    return [eot] if eot is not None else tokenizer.encode("\n")[-1:]
 
 
 # ─────────────────────────────────────────── scoring ─────────────────────────────────────────────
@@ -267,7 +282,7 @@ def evaluate(loaded: Loaded, text: str, args) -> str:
     """Score `text`; return the figures line (and with --html, write the page of the text).
 
     Every token of the text is predicted from up to block_size tokens before it. The first token
-    has no text before it, so it is predicted after a newline (the same start as an empty prompt),
+    has no text before it, so it is predicted after start_ids (the same start as an empty prompt),
     and all `tokens` tokens are scored. nats_per_char = total negative log-likelihood in nats ÷
     characters of the text; bits_per_char = nats_per_char / ln 2; nats_per_token = total ÷ tokens.
     """
@@ -280,7 +295,7 @@ def evaluate(loaded: Loaded, text: str, args) -> str:
         raise UserError(f"--eval-stride {stride} is larger than the model's context ({block} tokens)")
     started = time.perf_counter()
     ids = tokenizer.encode(text)
-    seq = np.array(tokenizer.encode("\n")[-1:] + ids, dtype=np.int64)        # (1 + tokens,)
+    seq = np.array(start_ids(tokenizer) + ids, dtype=np.int64)                # (1 + tokens,)
     windows = eval_windows(len(ids), block, stride)
     # The same scoring core as train.py's evaluations (support/scoring.py), on these windows. The
     # characters it counts are those the scored tokens start: here every character of the text.
@@ -306,6 +321,12 @@ def run(args, params, weights: Path, why: str, eval_text: str | None) -> int:
         import torch
         torch.set_num_threads(args.threads)
     loaded = load(args, params, weights, why)
+    if args.export_hf is not None:
+        from support.hugging_face import export_hf
+        export_hf(loaded.model, loaded.tokenizer, args.export_hf)
+        print(f"wrote {shown_path(args.export_hf)}/: load it with transformers' AutoModelForCausalLM and "
+              f"AutoTokenizer .from_pretrained", file=sys.stderr)
+        return 0
     if args.eval is not None:
         print(evaluate(loaded, eval_text, args), flush=True)
         return 0
@@ -335,8 +356,15 @@ def main(argv=None) -> int:
         if args.attention or args.html:
             from support.see_inside_files import check_can_write
             check_can_write(args.attention, args.html)
-        weights, why = find_weights(args.weights)
-        from support.checkpoints import CheckpointError   # imports torch
+        if args.export_hf is not None and args.export_hf.exists() and (
+                not args.export_hf.is_dir() or any(args.export_hf.iterdir())):
+            raise UserError(f"--export-hf {args.export_hf}: already exists and is not an empty folder — give a new folder")
+        from support.hugging_face import is_gpt2_source          # imports torch
+        if args.weights is not None and is_gpt2_source(args.weights):
+            weights, why = args.weights, "GPT-2 from Hugging Face"
+        else:
+            weights, why = find_weights(args.weights)
+        from support.checkpoints import CheckpointError
         from tokenizer import TokenizerError
         try:
             return run(args, params, weights, why, eval_text)

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from Model import ModelConfig, Transformer
 from support.bpe_dropout import merge_parts, split_tokens
 from support.checkpoints import (BEST, LATEST, CheckpointError, best_checkpoint, check_writable, checkpoint_tokenizer,
-                                 load_checkpoint, load_resume_state, move_run_aside, remove_leftover_temps,
+                                 load_resume_state, load_source, move_run_aside, remove_leftover_temps,
                                  restore_training_state, save_atomic, save_resume_state)
 from support.devices import DTYPES, autocast, choose_dtype
 from support.distributed import (SINGLE, all_reduce_sum, barrier, end_processes, gradient_sync, launched_rank,
@@ -184,7 +184,7 @@ def fine_tuning_start(cfg, weights_dir: Path):
     if path.resolve() in ((weights_dir / BEST).resolve(), (weights_dir / LATEST).resolve()):
         raise UserError(f"--init-from {path} is a file this run would write — copy it elsewhere, or pass "
                         f"another --weights-dir")
-    source = load_checkpoint(path)
+    source = load_source(path)          # a .pth of this project, or a GPT-2 from Hugging Face
     tokenizer = checkpoint_tokenizer(source, path, cfg.tokenizer_dir)
     shape = dict(source["model_config"])
     clash = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in SHAPE

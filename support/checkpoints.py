@@ -83,6 +83,8 @@ def _check_format(ckpt, path: Path) -> None:
         # The same model, but its config did not name the positions yet: read it as what it held.
         ckpt["model_config"] = {"positions": POSITIONS_BEFORE_VERSION_3[ckpt["format_version"]], **ckpt["model_config"]}
         ckpt["format_version"] = CHECKPOINT_FORMAT_VERSION
+    if isinstance(ckpt.get("model_config"), dict) and "gelu" not in ckpt["model_config"]:
+        ckpt["model_config"]["gelu"] = "exact"     # written before the GELU was a choice (GPT-2's is "tanh")
     if ckpt["format_version"] != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format_version {ckpt['format_version']!r}, this code reads "
                               f"{CHECKPOINT_FORMAT_VERSION} — retrain with this version of train.py")
@@ -135,24 +137,43 @@ def checkpoint_tokenizer(ckpt: dict, path, tokenizer_dir) -> Tokenizer:
     if "tokenizer_merges" in ckpt:
         if not isinstance(ckpt["tokenizer_merges"], torch.Tensor):
             raise CheckpointError(f"{path}: 'tokenizer_merges' is not a tensor of merges")
-        tokenizer = Tokenizer.from_merges(ckpt["tokenizer_merges"].tolist(), path)
+        order = ckpt.get("tokenizer_byte_order")
+        tokenizer = Tokenizer.from_merges(ckpt["tokenizer_merges"].tolist(), path,
+                                          byte_order=None if order is None else order.tolist(),
+                                          special_tokens=ckpt.get("tokenizer_special_tokens"),
+                                          pre_split=ckpt.get("tokenizer_pre_split", "default"))
     else:
         tokenizer = Tokenizer.load(tokenizer_dir)
     check_tokenizer_fingerprint(ckpt, tokenizer.fingerprint(), path)
     return tokenizer
 
 
+def load_source(path) -> dict:
+    """A checkpoint of this project, or a Hugging Face GPT-2 (gpt2 ... gpt2-xl, or its folder) read as one."""
+    from support import hugging_face          # (it imports this module)
+    return hugging_face.gpt2_checkpoint(path) if hugging_face.is_gpt2_source(path) else load_checkpoint(path)
+
+
 def load_trained_model(path, tokenizer_dir, device) -> tuple[Transformer, dict, Tokenizer]:
-    """A trained checkpoint -> (its model in eval mode on device, the checkpoint, its tokenizer).
-    What run.py runs; problems raise CheckpointError or TokenizerError naming the file."""
-    ckpt = load_checkpoint(path)
+    """A trained checkpoint (or a GPT-2: load_source) -> (its model in eval mode on device, the checkpoint,
+    its tokenizer). What run.py runs; problems raise CheckpointError or TokenizerError naming the file."""
+    ckpt = load_source(path)
     tokenizer = checkpoint_tokenizer(ckpt, path, tokenizer_dir)
     return model_from_checkpoint(ckpt, device, path), ckpt, tokenizer
 
 
-def merges_tensor(tokenizer: Tokenizer) -> torch.Tensor:
-    """(merges, 2) int32: the tokenizer as a checkpoint carries it."""
-    return torch.tensor(tokenizer.merges, dtype=torch.int32).reshape(-1, 2)
+def tokenizer_fields(tokenizer: Tokenizer) -> dict:
+    """The tokenizer as a checkpoint carries it: its fingerprint and merges ((merges, 2) int32), and
+    for an imported one (GPT-2's) its byte order, special tokens and pre-split."""
+    fields = {"tokenizer_fingerprint": tokenizer.fingerprint(),
+              "tokenizer_merges": torch.tensor(tokenizer.merges, dtype=torch.int32).reshape(-1, 2)}
+    if tokenizer.byte_order is not None:
+        fields["tokenizer_byte_order"] = torch.tensor(tokenizer.byte_order, dtype=torch.int32)
+    if tokenizer.special_tokens:
+        fields["tokenizer_special_tokens"] = dict(tokenizer.special_tokens)
+    if tokenizer.pre_split != "default":
+        fields["tokenizer_pre_split"] = tokenizer.pre_split
+    return fields
 
 
 # ─────────────────────────────── train.py's resume state ───────────────────────────────
@@ -262,8 +283,7 @@ def save_resume_state(path: Path, model, optimizer, scaler, batches: torch.Gener
     if procs.is_main:
         save_atomic({"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "latest",
                      "model_config": model.config.to_dict(), "model": model.state_dict(),
-                     "tokenizer_fingerprint": tokenizer.fingerprint(), "tokenizer_merges": merges_tensor(tokenizer),
-                     "step": step, "val_nats_per_char": best_val, "best_val": best_val,
+                     **tokenizer_fields(tokenizer), "step": step, "val_nats_per_char": best_val, "best_val": best_val,
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                      "train_config": train_config, "data_fingerprint": data_fp,
                      "rng": {"batches": batches.get_state()}, "rng_per_rank": rng_per_rank, "minutes": minutes},
@@ -275,8 +295,7 @@ def best_checkpoint(model, step: int, result, tokenizer: Tokenizer, train_config
     and the validation figures (result: an EvalResult) that made it the best."""
     return {"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "best",
             "model_config": model.config.to_dict(), "model": model.state_dict(),
-            "tokenizer_fingerprint": tokenizer.fingerprint(), "tokenizer_merges": merges_tensor(tokenizer),
-            "step": step,
+            **tokenizer_fields(tokenizer), "step": step,
             "val_nats_per_char": result.nats_per_char, "val_bits_per_char": result.bits_per_char,
             "val_loss_per_token": result.loss_per_token, "train_config": train_config}
 

@@ -69,11 +69,12 @@ def merge_line(tok, rank: int) -> str:
 
 def token_merges(tok, token_id: int) -> list[int]:
     """The ranks of the merges that built a token, in the order they were learned (and fire): its
-    own merge, the merges that built its two parts, and so on down to bytes ([] for a byte)."""
-    ranks, todo = [], [token_id]
+    own merge, the merges that built its two parts, and so on down to bytes ([] for a byte or a
+    special token such as <|endoftext|>, which no merge builds)."""
+    ranks, todo, merges = [], [token_id], tok.merges
     while todo:
         rank = todo.pop() - NUM_BYTES
-        if rank >= 0:
+        if 0 <= rank < len(merges):
             ranks.append(rank)
-            todo += tok.merges[rank]
+            todo += merges[rank]
     return sorted(set(ranks))

@@ -180,7 +180,8 @@ def train_parser(repo, params, needed: dict[str, type], dtypes) -> argparse.Argu
     run.add_argument("--fresh", action="store_true", help="start from step 0; the run already in --weights-dir "
                      "is moved into a subfolder of it (earlier-run-N), not overwritten")
     run.add_argument("--init-from", metavar="PATH", help="fine-tune: start from this checkpoint (e.g. "
-                     "Saved_Weights/pretrained.pth): its shape, weights and tokenizer, with a fresh optimizer and "
+                     "Saved_Weights/pretrained.pth), or from GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a "
+                     "Hugging Face GPT-2 folder): its shape, weights and tokenizer, with a fresh optimizer and "
                      "the fine-tuning rates and length unless given")
     add_param_options(parser, params, param_defaults(params, needed))
     return parser

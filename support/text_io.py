@@ -133,10 +133,11 @@ def describe_loaded(weights: Path, why: str, model, ckpt: dict, device, params) 
     c, val = model.config, ckpt.get("val_nats_per_char")
     lines = [f"loaded {shown_path(weights)} ({why})",
              f"model: {model.num_params() / 1e6:.2f}M parameters, vocab {c.vocab_size}, context {c.block_size} "
-             f"tokens, {c.num_layers} layers, step {ckpt.get('step', '?')}"
+             f"tokens, {c.num_layers} layers, " + (f"step {ckpt.get('step', '?')}" if "source" not in ckpt else
+                                                   f"imported from Hugging Face: {ckpt['source']}")
              + (f", val {val:.3f} nats/char" if isinstance(val, float) else "") + f"; device {device}"]
-    differences = [f"{name} {getattr(params, name)!r} (checkpoint {value!r})"
-                   for name, value in ckpt["model_config"].items() if getattr(params, name, value) != value]
+    differences = [f"{name} {getattr(params, name)!r} (checkpoint {value!r})" for name, value in ckpt["model_config"].items()
+                   if getattr(params, name, value) != value and "source" not in ckpt]   # (not a model of Model_Params)
     if differences:
         lines.append(f"note: Model_Params.py differs from this checkpoint: {'; '.join(differences)} — running "
                      f"the model as it was trained (train again to use the new values)")

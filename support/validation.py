@@ -9,6 +9,7 @@ import math
 import torch
 
 POSITIONS = ("learned", "rotary")     # Model.py: a learned table added to the tokens, or rotations in attention
+GELUS = ("exact", "tanh")             # Model.py's MLP: the exact GELU, or GPT-2's tanh approximation
 
 
 def _is_int(x) -> bool:
@@ -32,6 +33,8 @@ def check_config(config) -> None:
         raise ValueError(f"model config: dropout must be in [0, 1), got {config.dropout!r}")
     if config.positions not in POSITIONS:
         raise ValueError(f"model config: positions must be one of {', '.join(POSITIONS)}, got {config.positions!r}")
+    if config.gelu not in GELUS:
+        raise ValueError(f"model config: gelu must be one of {', '.join(GELUS)}, got {config.gelu!r}")
 
 
 def check_config_dict(d, names: set) -> None:

@@ -42,7 +42,7 @@ def test_config_dict_round_trip_gives_equal_config():
     config = tiny_config(dropout=0.25)
     d = config.to_dict()
     assert d == {"vocab_size": 64, "block_size": 32, "emb_len": 32, "num_layers": 2,
-                 "num_heads": 4, "dropout": 0.25, "positions": "rotary"}
+                 "num_heads": 4, "dropout": 0.25, "positions": "rotary", "gelu": "exact"}
     assert ModelConfig.from_dict(d) == config
 
 

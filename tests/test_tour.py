@@ -23,8 +23,8 @@ def model_params_differences(source: str, model_config: dict) -> list[str]:
     """The model settings in Model_Params.py's source whose values differ from model_config's."""
     params: dict = {}
     exec(compile(source, "Model_Params.py", "exec"), params)
-    return [f"{name} {params.get(name)!r} (shipped model: {value!r})"
-            for name, value in model_config.items() if params.get(name) != value]
+    return [f"{name} {params.get(name)!r} (shipped model: {value!r})" for name, value in model_config.items()
+            if params.get(name) != value and name != "gelu"]     # (GPT-2's GELU is no setting of Model_Params)
 
 
 def copy_of_the_project(destination: Path) -> Path:
