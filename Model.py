@@ -273,13 +273,16 @@ class Transformer(nn.Module):
             x = block(x, positions, kv_cache)                                  # (B, T, E)
         if kv_cache is not None:
             kv_cache.length += T
-        x = self.ln_f(x)
-        logits = F.linear(x, self.tok_emb.weight)                              # (B, T, V)
+        logits = self.unembed(self.ln_f(x))                                    # (B, T, V)
         if targets is None:
             return logits, None
         # cross_entropy wants (N, V) scores and (N,) class ids; float() keeps the loss in fp32.
         loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T))
         return logits, loss
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, E) -> logits (B, T, V): the tied head, each logit a dot product with a token's embedding."""
+        return F.linear(x, self.tok_emb.weight)
 
     # ─────────────────────────────────────── generation ───────────────────────────────────────
     #

@@ -15,10 +15,11 @@ import torch
 
 
 def merge_parts(merges: list[tuple[int, int]], vocab_size: int) -> torch.Tensor:
-    """(V, 2) int64: row t holds the two tokens that token t was merged from; -1, -1 for a byte."""
+    """(V, 2) int64: row t holds the two tokens that token t was merged from; -1, -1 for a byte or a
+    special token (<|endoftext|>, after the merges)."""
     parts = torch.full((vocab_size, 2), -1, dtype=torch.int64)
     if merges:
-        parts[vocab_size - len(merges):] = torch.tensor(merges, dtype=torch.int64)   # merges' ids come last
+        parts[256:256 + len(merges)] = torch.tensor(merges, dtype=torch.int64)   # merge i made id 256 + i
     return parts
 
 

@@ -21,6 +21,18 @@ def test_merge_parts_hold_each_merges_two_tokens_and_none_for_bytes():
     assert [tuple(p) for p in PARTS[NUM_BYTES:].tolist()] == [tuple(m) for m in TOKENIZER.merges]
 
 
+def test_merge_parts_of_a_tokenizer_with_special_tokens_and_another_byte_order_spell_each_token():
+    """GPT-2's layout: bytes in another order, <|endoftext|> after the merges; each part pair spells its token."""
+    order = list(range(255, -1, -1))
+    gpt2_like = Tokenizer.from_merges([list(m) for m in TOKENIZER.merges[:20]], "test", byte_order=order,
+                                      special_tokens={"<|endoftext|>": NUM_BYTES + 20}, pre_split="gpt2")
+    parts = merge_parts(gpt2_like.merges, gpt2_like.vocab_size)
+    assert parts[gpt2_like.end_of_text].tolist() == [-1, -1] and (parts[:NUM_BYTES] == -1).all()
+    for token in range(NUM_BYTES, NUM_BYTES + 20):
+        left, right = parts[token].tolist()
+        assert gpt2_like.decode_bytes([left, right]) == gpt2_like.decode_bytes([token])
+
+
 @settings(max_examples=50, deadline=None)
 @given(start=st.integers(0, len(IDS) - 40), length=st.integers(1, 32), seed=st.integers(0, 2 ** 31 - 1),
        prob=st.floats(0, 1))

@@ -303,6 +303,24 @@ def test_eval_figures_match_a_hand_computation(tiny, tmp_path):
     assert got["nats_per_token"] == pytest.approx(total / len(ids), rel=1e-4)
 
 
+def test_int8_quantizes_every_matmul_and_scores_within_a_hundredth(tiny, tmp_path):
+    from support.devices import int8_for_cpu
+    model = tiny["model"]
+    int8 = int8_for_cpu(model)
+    assert "quantized" in type(int8.blocks[0].attn.qkv).__module__ and "quantized" in type(int8.blocks[-1].mlp.proj).__module__
+    x = torch.randn(1, 5, model.config.emb_len)
+    exact, quantized = model.unembed(x), int8.unembed(x)
+    assert not torch.equal(quantized, exact)                   # the head is int8 too, not the float32 method
+    assert (quantized - exact).abs().max() < 0.05 * exact.abs().max()
+    assert torch.equal(model.unembed(x), exact)                # the model itself is left as it was
+    path = tmp_path / "text.txt"
+    path.write_text(TINY_TEXT[:2000], encoding="utf-8", newline="\n")
+    plain, fast = (parse_figures(run_tiny(tiny, "--eval", path, *ON_CPU, *extra).stdout) for extra in ((), ("--int8",)))
+    assert abs(fast["nats_per_char"] - plain["nats_per_char"]) < 0.01
+    generated = run_tiny(tiny, "--int8", "--prompt", "the quick", "--seed", "1", "--max-new-tokens", "8", *ON_CPU)
+    assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr
+
+
 def test_eval_of_a_bad_file_is_one_line(tiny, tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (tmp_path / "empty.txt").write_bytes(b"")
