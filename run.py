@@ -4,6 +4,7 @@
     python run.py --prompt "ROMEO:" --seed 1 # one continuation, then exit
     python run.py < prompts.txt              # one continuation per input line
     python run.py --eval some.txt            # how well the model predicts a text, in nats/bits per char
+    python run.py --weights gpt2             # GPT-2 itself (support/hugging_face.py; --export-hf: the way out)
 
 See inside: --show-probs K (what the model weighed before each token), --trace (one forward pass,
 stage by stage), --attention FILE.png (where each head looks), --html OUT.html (a page of the run:
@@ -175,9 +176,9 @@ def load(args, params, weights: Path, why: str) -> Loaded:
         device = pick_device(args.device)
     except ValueError as e:
         raise UserError(str(e)) from None
-    # The tokenizer the model was trained with: the checkpoint's own copy, or (an older file) --tokenizer-dir.
     if args.int8 and device.type != "cpu":
         raise UserError(f"--int8 runs on the CPU: add --device cpu (the device found is {device})")
+    # The tokenizer the model was trained with: the checkpoint's own copy, or (an older file) --tokenizer-dir.
     model, ckpt, tokenizer = load_trained_model(weights, args.tokenizer_dir, device)
     # Which file, why, what it holds; and what an edited Model_Params.py no longer matches.
     banner = describe_loaded(weights, why, model, ckpt, device, params)

@@ -200,3 +200,29 @@ def test_gpt2_by_name_comes_from_the_hub_cache_and_says_what_is_missing(gpt2_fol
     assert_one_error_line(without, "pip install huggingface_hub")
     trained = run_script("train.py", "--init-from", "gpt2-xl", "--weights-dir", tmp_path / "w", env=offline)
     assert_one_error_line(trained, "could not get gpt2-xl")
+
+
+def test_a_folder_that_is_not_a_gpt2_is_one_line(gpt2_folders, tmp_path):
+    source = gpt2_folders["tanh GELU, 4 heads"]
+
+    def folder(name, change):
+        made = tmp_path / name
+        made.mkdir()
+        for f in source.iterdir():
+            (made / f.name).write_bytes(f.read_bytes())
+        change(made)
+        return made
+
+    def retype(made):
+        config = json.loads((made / "config.json").read_text())
+        (made / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+
+    cases = {folder("llama", retype): "model_type 'llama' — only GPT-2",
+             folder("no-merges", lambda m: (m / "merges.txt").unlink()): "merges.txt",
+             folder("no-weights", lambda m: (m / "model.safetensors").unlink()): "no weights (model.safetensors or",
+             folder("cut", lambda m: (m / "model.safetensors").write_bytes(b"\x08" + bytes(7) + b"{")):
+                 "not a readable safetensors file"}
+    for path, fragment in cases.items():
+        assert_one_error_line(run_script("run.py", "--weights", path, "--prompt", "x"), fragment)
+    assert_one_error_line(run_script("train.py", "--init-from", tmp_path / "llama", "--weights-dir", tmp_path / "w"),
+                          "only GPT-2")
