@@ -119,7 +119,7 @@ def main() -> int:
         "theirs fp32": lambda: theirs_rate(theirs, prompt, args.tokens),
         "ours fp32": lambda m=ours: ours_rate(m, prompt, args.tokens),
         "ours bf16": lambda m=copy.deepcopy(ours).to(torch.bfloat16): ours_rate(m, prompt, args.tokens),
-        "ours int8": lambda m=int8_for_cpu(ours): ours_rate(m, prompt, args.tokens),
+        "ours int8": lambda m=int8_for_cpu(copy.deepcopy(ours)): ours_rate(m, prompt, args.tokens),
     }
     for run in contenders.values():              # warm-up: first calls allocate and pick kernels
         run()
@@ -137,7 +137,7 @@ def main() -> int:
               f"{statistics.median(firsts[name]) * 1000:4.0f} ms   (runs: {', '.join(f'{r:.1f}' for r in rates[name])})")
 
     ids = torch.randint(0, GPT2_SHAPE["vocab_size"], (1, args.quality_tokens + 1), generator=rng)
-    for name, model in [("bf16", copy.deepcopy(ours).to(torch.bfloat16)), ("int8", int8_for_cpu(ours))]:
+    for name, model in [("bf16", copy.deepcopy(ours).to(torch.bfloat16)), ("int8", int8_for_cpu(copy.deepcopy(ours)))]:
         worst, nll = logprob_change(model, ours, ids)
         print(f"{name} vs fp32 on {args.quality_tokens} random tokens: max |log-prob difference| {worst:.3f}, "
               f"mean NLL {nll:+.4f} nats/token")

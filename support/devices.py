@@ -78,12 +78,11 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 
 def int8_for_cpu(model):
-    """run.py --int8: a copy of the model whose matmuls run in int8 on the CPU (PyTorch's dynamic
+    """run.py --int8: the model, its matmuls turned to int8 on the CPU, in place (PyTorch's dynamic
     quantization: each weight matrix stored as int8 with one scale per output row, each input scaled
     to int8 as it arrives). Generating a token reads every weight once, so a quarter of float32's
     bytes is about twice the speed at GPT-2's size (bench/bench_gpt2_speed.py). The tied head is
-    quantized too (a third of GPT-2's weights): the copy's `unembed` becomes an int8 Linear."""
-    import copy
+    quantized too (a third of GPT-2's weights): `unembed` becomes an int8 Linear."""
     import warnings
     from torch import nn
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -91,11 +90,11 @@ def int8_for_cpu(model):
     def quantized(module):
         with warnings.catch_warnings():          # torch.ao.quantization says it is moving to torchao
             warnings.simplefilter("ignore")
-            return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+            return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
 
-    int8 = quantized(copy.deepcopy(model).cpu())
     head = nn.Linear(model.config.emb_len, model.config.vocab_size, bias=False)
-    head.weight = nn.Parameter(model.tok_emb.weight.detach().cpu().clone())
+    head.weight = nn.Parameter(model.tok_emb.weight.detach().cpu().clone())   # the embedding stays float32
+    model = quantized(model.cpu())
     # Set as a plain attribute (a bound method, not a submodule), so it takes the place of the class's unembed.
-    int8.unembed = quantized(nn.Sequential(head))[0].forward
-    return int8.eval()
+    model.unembed = quantized(nn.Sequential(head))[0].forward
+    return model.eval()
