@@ -214,7 +214,8 @@ def export_hf(model: Transformer, tokenizer, folder: Path) -> None:
 # the tensors' bytes back to back (offsets counted from the end of the header).
 
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-          "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
