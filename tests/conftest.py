@@ -1,7 +1,8 @@
 """Shared test helpers: where the repo is, how to run one of its scripts as a user would, a tiny
 model trained once per session by the real init.py and train.py (`tiny_trained`), and what several
 test files use: the scripts run by forked children (`scripts`, `tiny_copy`), the tiny model loaded
-(`tiny`), a tiny untrained model, an English-like text, the shipped model's checks."""
+(`tiny`), a tiny untrained model, an English-like text, the shipped model's checks, and GPT-2's
+tokenizer files made offline with `tokenizers` (`gpt2_tokenizer_files`)."""
 import hashlib
 import importlib
 import json
@@ -379,3 +380,24 @@ def require_shipped_tokenizer() -> None:
     shipped = load_checkpoint(REPO / SHIPPED_WEIGHTS)["tokenizer_fingerprint"]
     require_shipped("tokenizer_save", fingerprint == shipped,
                     f"it is not the tokenizer {SHIPPED_WEIGHTS} was trained with")
+
+
+# ─────────────────── GPT-2's tokenizer files, made offline (tests/test_tokenizer.py, tests/test_gpt2.py) ───────────────────
+
+EOT = "<|endoftext|>"
+
+
+def gpt2_tokenizer_files(folder, text: str, vocab_size: int = 400) -> int:
+    """Train a byte-level BPE with `tokenizers` and save it as GPT-2 does (vocab.json with <|endoftext|>
+    last, merges.txt). -> the vocabulary size."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator([text], trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf.model.save(str(folder))
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    vocab[EOT] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    return len(vocab)

@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 
-from conftest import REPO, ON_CPU, TINY_TRAIN_FLAGS, assert_one_error_line, english_like_text, run_script
+from conftest import (EOT, REPO, ON_CPU, TINY_TRAIN_FLAGS, assert_one_error_line, english_like_text,
+                      gpt2_tokenizer_files, run_script)
 
 transformers = pytest.importorskip("transformers", reason="transformers is the oracle (requirements-test.txt)")
 pytest.importorskip("tokenizers")
@@ -17,23 +18,6 @@ from support.checkpoints import load_checkpoint, load_trained_model  # noqa: E40
 
 GPT2_SHAPES = {"tanh GELU, 4 heads": dict(n_embd=32, n_layer=2, n_head=4, activation_function="gelu_new"),
                "exact GELU, 3 heads": dict(n_embd=48, n_layer=3, n_head=3, activation_function="gelu")}
-EOT = "<|endoftext|>"
-
-
-def gpt2_tokenizer_files(folder, text: str, vocab_size: int = 400) -> int:
-    """Train a byte-level BPE with `tokenizers` and save it as GPT-2 does (vocab.json with <|endoftext|>
-    last, merges.txt). -> the vocabulary size."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    hf.train_from_iterator([text], trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf.model.save(str(folder))
-    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    vocab[EOT] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    return len(vocab)
 
 
 @pytest.fixture(scope="module")

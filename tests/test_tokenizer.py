@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from conftest import english_like_text
+from conftest import english_like_text, gpt2_tokenizer_files
 from support import fast_bpe
 from support.corpus import text_blocks, token_dtype
 from support.fast_bpe import chunk_keys, chunk_of_key
@@ -619,16 +619,8 @@ GPT2_SPECIAL_TEXTS = ["<|endoftext|>", "a<|endoftext|>b", " <|endoftext|> next",
 @pytest.fixture(scope="module")
 def gpt2_folder(tmp_path_factory) -> Path:
     """vocab.json and merges.txt of a ~800-token byte-level BPE, in GPT-2's layout."""
-    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.train_from_iterator([text_slice(0, 6000) + GPT2_MIXED * 5], trainers.BpeTrainer(
-        vocab_size=800, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
     folder = tmp_path_factory.mktemp("gpt2")
-    hf.model.save(str(folder))
-    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    vocab["<|endoftext|>"] = len(vocab)   # GPT-2's one special token, after the merges
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    gpt2_tokenizer_files(folder, text_slice(0, 6000) + GPT2_MIXED * 5, vocab_size=800)
     return folder
 
 
