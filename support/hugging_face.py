@@ -26,7 +26,6 @@ from support.files import atomic_write_all
 # The names run.py and train.py accept, and the Hub repositories they come from.
 GPT2_MODELS = {name: f"openai-community/{name}" for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INSTALL_HINT = ("pip install huggingface_hub (an optional extra), or give a folder holding "
                 + ", ".join(FILES[:1] + ("model.safetensors or pytorch_model.bin",) + FILES[2:]))
 
