@@ -6,9 +6,8 @@
     python run.py --eval some.txt            # how well the model predicts a text, in nats/bits per char
     python run.py --weights gpt2             # GPT-2 itself (support/hugging_face.py; --export-hf: the way out)
 
-See inside: --show-probs K (what the model weighed before each token), --trace (one forward pass,
-stage by stage), --attention FILE.png (where each head looks), --html OUT.html (a page of the run:
-click any token); their numbers, drawings and page live in support/see_inside*.py.
+See inside: --show-probs K (what the model weighed before each token), --trace (one forward pass, stage
+by stage), --attention FILE.png (where each head looks), --html OUT.html (a page: click any token).
 
 Only generated text goes to stdout (so `> out.txt` is clean); everything else goes to stderr.
 Each continuation is followed by one newline. The model is rebuilt from its checkpoint's own
@@ -70,6 +69,8 @@ def parse_args(argv, params) -> argparse.Namespace:
     task.add_argument("--prompt", metavar="TEXT", help="continue TEXT once and exit")
     task.add_argument("--eval", metavar="FILE", type=Path,
                       help="score the UTF-8 text in FILE; the last stdout line gives nats/bits per character")
+    task.add_argument("--export-hf", type=Path, metavar="DIR", help="write the model and its tokenizer to the new "
+                      "folder DIR in Hugging Face's layout (transformers loads it with no code of ours), then exit")
     for name, (kind, metavar, what) in SAMPLING.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, metavar=metavar,
                        help=f"{what} (default Model_Params: {getattr(params, name)})")
@@ -77,10 +78,9 @@ def parse_args(argv, params) -> argparse.Namespace:
                    "2**64 - 1"), help="random seed: the same seed and prompt give the same text")
     p.add_argument("--stop", type=stop_value, metavar="TEXT", help=r"stop when the generated text contains "
                    r"TEXT (not printed); escapes work, e.g. --stop '\n' ends at the end of the line")
-    p.add_argument("--weights", type=Path, metavar="PATH", help="checkpoint file, or a folder: its "
-                   "weights-best.pth, else its newest weights-*.pth, else pretrained.pth (default Saved_Weights/); "
-                   "or GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded with huggingface_hub) or a "
-                   "Hugging Face GPT-2 folder")
+    p.add_argument("--weights", type=Path, metavar="PATH", help="checkpoint file, or a folder: its weights-best.pth, "
+                   "else its newest weights-*.pth, else pretrained.pth (default Saved_Weights/); or GPT-2 (gpt2 ... "
+                   "gpt2-xl, downloaded with huggingface_hub) or a Hugging Face GPT-2 folder")
     p.add_argument("--tokenizer-dir", type=Path, default=DEFAULT_TOKENIZER_DIR, metavar="DIR",
                    help="tokenizer folder written by init.py, for a checkpoint that does not carry its own "
                         "tokenizer (default tokenizer_save/)")
@@ -89,12 +89,10 @@ def parse_args(argv, params) -> argparse.Namespace:
     p.add_argument("--threads", type=count_value(0), default=1, metavar="N",
                    help="CPU threads for torch (default 1: one token at a time gains little from more, and "
                         "on a busy machine they wait on each other; 0 = torch's default, all cores)")
-    p.add_argument("--int8", action="store_true", help="CPU: run the model's matmuls in int8 (dynamic "
-                   "quantization): about 2x faster generation at GPT-2's size; the shipped model's --eval moves 0.0006 nats/char")
+    p.add_argument("--int8", action="store_true", help="run on the CPU, the model's matmuls in int8 (dynamic "
+                   "quantization): about 2x faster at GPT-2's size; --eval moves 0.0006 nats/char on the shipped model")
     p.add_argument("--eval-stride", type=count_value(1), metavar="N", help="--eval: tokens a window advances "
                    "by (default block_size // 2; 1 = full context for every token, slowest)")
-    p.add_argument("--export-hf", type=Path, metavar="DIR", help="write the model and its tokenizer to the new "
-                   "folder DIR in Hugging Face's layout (transformers loads it with no code of ours), then exit")
     look = p.add_argument_group("see inside the model (on stderr or in files; stdout keeps only the text)")
     look.add_argument("--show-probs", type=count_value(1), metavar="K", help="after each token, the K "
                       "likeliest candidates, probabilities after temperature: → drawn, ✗ cut by top-k/top-p "
@@ -119,9 +117,10 @@ def parse_args(argv, params) -> argparse.Namespace:
 def check_combination(args) -> None:
     """Options that only make sense together, or never together: one line, exit 2."""
     views = [f"--{name}" for name in ("trace", "attention") if getattr(args, name)]
-    if args.export_hf is not None and (views or args.prompt is not None or args.eval or args.html or args.show_probs
-                                       or args.int8):
-        raise UserError("--export-hf writes the model to a folder and generates nothing: give it with --weights alone")
+    if args.export_hf is not None and args.int8:
+        raise UserError("--export-hf writes the float32 model: drop --int8")
+    if args.export_hf is not None and args.export_hf.exists() and (not args.export_hf.is_dir() or any(args.export_hf.iterdir())):
+        raise UserError(f"--export-hf {args.export_hf}: already exists and is not an empty folder — give a new folder")
     if views and args.prompt is None:
         raise UserError(f"{views[0]} looks at one prompt: add --prompt TEXT")
     if args.html is not None and args.eval is None and args.prompt is None:
@@ -143,6 +142,10 @@ def find_weights(path: Path | None) -> tuple[Path, str]:
     (default Saved_Weights/) your weights-best.pth, else your newest weights-*.pth, else the
     shipped pretrained.pth — so training never hides the shipped model, and never loses it."""
     folder = DEFAULT_WEIGHTS_DIR if path is None else path
+    if path is not None and not path.is_file():
+        from support.hugging_face import is_gpt2_source      # (imports torch)
+        if is_gpt2_source(path):                              # gpt2 ... gpt2-xl, or a GPT-2 folder
+            return path, "GPT-2 from Hugging Face"
     if path is not None and not path.is_dir():
         if not path.exists():
             raise UserError(f"{path}: no such checkpoint — train one first (`python train.py`)")
@@ -171,20 +174,17 @@ class Loaded:
 
 def load(args, params, weights: Path, why: str) -> Loaded:
     from support.checkpoints import load_trained_model
-    from support.devices import pick_device
+    from support.devices import int8_for_cpu, pick_device
     try:
-        device = pick_device(args.device)
+        device = pick_device("cpu" if args.int8 else args.device)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if args.int8 and device.type != "cpu":
-        raise UserError(f"--int8 runs on the CPU: add --device cpu (the device found is {device})")
     # The tokenizer the model was trained with: the checkpoint's own copy, or (an older file) --tokenizer-dir.
     model, ckpt, tokenizer = load_trained_model(weights, args.tokenizer_dir, device)
     # Which file, why, what it holds; and what an edited Model_Params.py no longer matches.
     banner = describe_loaded(weights, why, model, ckpt, device, params)
     print("\n".join(banner), file=sys.stderr)
-    if args.int8:
-        from support.devices import int8_for_cpu
+    if args.int8:                               # int8 matmuls: about 2x faster at GPT-2's size
         model = int8_for_cpu(model)
     return Loaded(model, tokenizer, device, banner)
 
@@ -202,8 +202,7 @@ class TextGenerator:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The token ids the model starts from: the prompt's last block_size tokens (noted once on
-        stderr when that cuts the prompt). An empty prompt starts from a newline, as if at the start
-        of a line of the text (of a new document, for a vocabulary with <|endoftext|>)."""
+        stderr when that cuts the prompt). An empty prompt starts from start_ids: a new line, or document."""
         block = self.model.config.block_size
         # Bytes that are not UTF-8 in a command-line argument arrive as lone surrogates: make them U+FFFD.
         prompt = prompt.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
@@ -224,16 +223,14 @@ class TextGenerator:
         # the prompts before it. Sampling runs on the CPU, so it is a CPU generator on any device.
         generator = None if self.args.seed is None else torch.Generator().manual_seed(self.args.seed)
         self._stream(idx, generator)
-        self.out.write("\n")
-        self.out.flush()
+        print(file=self.out, flush=True)
         if self.args.html is not None:         # see inside: a page of this continuation
             from support.see_inside_page import write_generation_page
             write_generation_page(self.args.html, self.loaded, self.args, idx[0].tolist(), self.steps)
 
     def _stream(self, idx, generator) -> None:
-        """Print each new token as soon as it is sampled. Tokens are bytes, and one character may span
-        several tokens: the incremental decoder holds an incomplete character until it is whole, and
-        turns bytes that never form valid UTF-8 into U+FFFD."""
+        """Print each new token as soon as it is sampled. A character may span several tokens: the incremental
+        decoder holds one until it is whole, and turns bytes that never form valid UTF-8 into U+FFFD."""
         from support import see_inside
         a = self.args
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -261,8 +258,7 @@ class TextGenerator:
 
 
 def start_ids(tokenizer) -> list[int]:
-    """What comes before a text that starts from nothing: <|endoftext|> where the vocabulary has it (a new
-    document, as GPT-2 was trained), else a newline (the start of a line)."""
+    """What comes before a text from nothing: <|endoftext|> (a new document) where it exists, else a newline."""
     eot = tokenizer.end_of_text
     return [eot] if eot is not None else tokenizer.encode("\n")[-1:]
 
@@ -270,14 +266,12 @@ def start_ids(tokenizer) -> list[int]:
 # ─────────────────────────────────────────── scoring ─────────────────────────────────────────────
 
 def eval_windows(n_tokens: int, block: int, stride: int) -> list[tuple[int, int, int]]:
-    """Windows over a sequence of n_tokens + 1 ids (a start token, then the text's tokens) that
-    score every text token exactly once: (start, end, skip) means input ids [start, end) predict
-    ids [start + 1, end + 1), of which the first `skip` predictions were already scored.
-
-    The first window scores its tokens with the context they have (1 .. block tokens); each later
-    window ends `stride` tokens further (the last one at the end of the text) and scores only its
-    new tokens, each with at least block - stride tokens of context.
-    """
+    """Windows over a sequence of n_tokens + 1 ids (a start token, then the text's tokens) that score
+    every text token exactly once: (start, end, skip) means input ids [start, end) predict ids
+    [start + 1, end + 1), of which the first `skip` predictions were already scored. The first window
+    scores its tokens with the context they have (1 .. block tokens); each later one ends `stride` tokens
+    further (the last at the end of the text) and scores only its new tokens, each with >= block - stride
+    tokens of context."""
     end = min(block, n_tokens)
     windows = [(0, end, 0)]
     while end < n_tokens:
@@ -288,13 +282,10 @@ def eval_windows(n_tokens: int, block: int, stride: int) -> list[tuple[int, int,
 
 
 def evaluate(loaded: Loaded, text: str, args) -> str:
-    """Score `text`; return the figures line (and with --html, write the page of the text).
-
-    Every token of the text is predicted from up to block_size tokens before it. The first token
-    has no text before it, so it is predicted after start_ids (the same start as an empty prompt),
-    and all `tokens` tokens are scored. nats_per_char = total negative log-likelihood in nats ÷
-    characters of the text; bits_per_char = nats_per_char / ln 2; nats_per_token = total ÷ tokens.
-    """
+    """Score `text`; return the figures line (and with --html, write the page of the text). Every token
+    is predicted from up to block_size tokens before it; the first, with no text before it, after
+    start_ids (as an empty prompt). nats_per_char = total negative log-likelihood in nats ÷ characters
+    of the text; bits_per_char = nats_per_char / ln 2; nats_per_token = total ÷ tokens."""
     import numpy as np
     from support.scoring import chars_per_token, score_windows
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -332,9 +323,7 @@ def run(args, params, weights: Path, why: str, eval_text: str | None) -> int:
     loaded = load(args, params, weights, why)
     if args.export_hf is not None:
         from support.hugging_face import export_hf
-        export_hf(loaded.model, loaded.tokenizer, args.export_hf)
-        print(f"wrote {shown_path(args.export_hf)}/: load it with transformers' AutoModelForCausalLM and "
-              f"AutoTokenizer .from_pretrained", file=sys.stderr)
+        print(export_hf(loaded.model, loaded.tokenizer, args.export_hf), file=sys.stderr)
         return 0
     if args.eval is not None:
         print(evaluate(loaded, eval_text, args), flush=True)
@@ -365,15 +354,8 @@ def main(argv=None) -> int:
         if args.attention or args.html:
             from support.see_inside_files import check_can_write
             check_can_write(args.attention, args.html)
-        if args.export_hf is not None and args.export_hf.exists() and (
-                not args.export_hf.is_dir() or any(args.export_hf.iterdir())):
-            raise UserError(f"--export-hf {args.export_hf}: already exists and is not an empty folder — give a new folder")
-        from support.hugging_face import is_gpt2_source          # imports torch
-        if args.weights is not None and is_gpt2_source(args.weights):
-            weights, why = args.weights, "GPT-2 from Hugging Face"
-        else:
-            weights, why = find_weights(args.weights)
-        from support.checkpoints import CheckpointError
+        weights, why = find_weights(args.weights)
+        from support.checkpoints import CheckpointError   # imports torch
         from tokenizer import TokenizerError
         try:
             return run(args, params, weights, why, eval_text)

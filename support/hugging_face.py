@@ -190,9 +190,10 @@ def hf_weights(model: Transformer) -> tuple[dict, dict]:
     return config, tensors
 
 
-def export_hf(model: Transformer, tokenizer, folder: Path) -> None:
-    """Write `folder` so that transformers' AutoModelForCausalLM and AutoTokenizer load the model and its
-    tokenizer with no code of ours: the same ids, the same logits. All files appear together or none."""
+def export_hf(model: Transformer, tokenizer, folder: Path) -> str:
+    """Write `folder` (new or empty) so that transformers' AutoModelForCausalLM and AutoTokenizer load the
+    model and its tokenizer with no code of ours: the same ids, the same logits. All files appear together
+    or none. -> the line that says so."""
     config, tensors = hf_weights(model)
     eot = tokenizer.end_of_text
     config.update({"bos_token_id": eot, "eos_token_id": eot, "dtype": "float32"})
@@ -206,6 +207,7 @@ def export_hf(model: Transformer, tokenizer, folder: Path) -> None:
     writers[folder / "model.safetensors"] = lambda tmp: write_safetensors(tensors, tmp)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_all(writers)
+    return f"wrote {folder}/: transformers' AutoModelForCausalLM and AutoTokenizer .from_pretrained load it"
 
 
 # ─────────────────────────────────────── safetensors ────────────────────────────────────────

@@ -106,7 +106,10 @@ def test_export_refuses_a_folder_that_holds_files_and_options_that_generate(tiny
     assert_one_error_line(result, "already exists and is not an empty folder")
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
     result = run_script("run.py", "--weights", tiny["weights"], "--export-hf", tmp_path / "new", "--prompt", "x")
-    assert_one_error_line(result, "--export-hf writes the model to a folder")
+    assert_one_error_line(result, "--export-hf", "not allowed with", "--prompt")
+    result = run_script("run.py", "--weights", tiny["weights"], "--export-hf", tmp_path / "new", "--int8")
+    assert_one_error_line(result, "--export-hf writes the float32 model: drop --int8")
+    assert not (tmp_path / "new").exists()
 
 
 def test_run_py_views_work_on_an_imported_gpt2(gpt2_folders, tmp_path):
